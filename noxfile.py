@@ -1,0 +1,53 @@
+"""Developer tasks: `nox -s tests lint typing docs demo bench`.
+
+Sessions use the running interpreter (this project targets 3.11+; no interpreter list, so a
+CI machine with a single Python never fails on a missing one).
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typing"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite, on asyncio and trio, in-process and through real servers."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "src", "tests", "examples", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "examples", "noxfile.py")
+
+
+@nox.session
+def typing(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+    session.run("mypy", "src")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Run every example and the code in the docs."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "tests/test_examples.py", *session.posargs)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The demo gateway on 127.0.0.1:8000."""
+    session.install("-e", ".[server]")
+    session.run("pygateway", "demo", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks: router scaling, and proxies side by side (../shared/bench)."""
+    session.install("-e", ".[test]")
+    session.run("python", "benchmarks/run.py", *session.posargs)

@@ -1,0 +1,160 @@
+"""The `pygateway` command (also `python -m pygateway`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ._exceptions import ConfigurationError
+from ._version import __version__
+
+__all__ = ["main"]
+
+_CONFIG_ENV = "PYGATEWAY_CONFIG"
+_TRUSTED_ENV = "PYGATEWAY_TRUSTED_IPS"
+
+
+def app_from_env() -> Any:
+    """The gateway `pygateway run` serves (a factory, so every worker builds its own)."""
+    from ._gateway import Gateway
+
+    path = os.environ.get(_CONFIG_ENV)
+    trusted = [ip for ip in os.environ.get(_TRUSTED_ENV, "").split(",") if ip.strip()]
+    if path:
+        return Gateway.from_config(path, trusted_ips=trusted)
+    return Gateway(trusted_ips=trusted)
+
+
+def demo_gateway() -> Any:
+    """The demo: a few routes in front of the built-in echo upstream (no services needed)."""
+    from . import plugins
+    from ._entities import Route, Service
+    from ._gateway import Gateway
+    from .testing import echo_engine
+
+    return Gateway(
+        services=[
+            Service(name="echo", url="http://echo.local/", routes=[
+                Route(name="echo", paths=["/echo"]),
+                Route(name="users", paths=["~/users/(?<user_id>\\d+)$"], strip_path=False),
+                Route(name="blocked", paths=["/blocked"], plugins=[
+                    plugins.RequestTermination(status_code=403, message="Blocked by the demo"),
+                ]),
+            ]),
+        ],
+        engines={"echo.local": echo_engine()},
+    )
+
+
+_DEMO_HELP = """\
+pygateway demo on http://{host}:{port} (an in-process echo upstream behind it)
+
+Try:
+  curl -i http://{host}:{port}/echo/hello?x=1        # proxied; the echo shows what upstream got
+  curl -i -X POST http://{host}:{port}/echo -d 'hi'  # the body is streamed through
+  curl -i http://{host}:{port}/users/42              # a regex route
+  curl -i http://{host}:{port}/blocked               # request-termination answers 403
+  curl -i http://{host}:{port}/nowhere               # no route: Kong's 404
+  curl -i -H 'Accept: text/html' http://{host}:{port}/nowhere
+
+Press Ctrl+C to stop.
+"""
+
+
+def _serve(app: Any, host: str, port: int, workers: int, log_level: str) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        print("pygateway: serving needs uvicorn: pip install 'pygateway[server]'",
+              file=sys.stderr)
+        return 2
+    options: dict[str, Any] = {
+        "host": host, "port": port, "log_level": log_level, "lifespan": "on",
+        "proxy_headers": False, "server_header": False, "access_log": False,
+    }
+    if workers > 1:
+        uvicorn.run("pygateway._cli:app_from_env", factory=True, workers=workers, **options)
+    else:
+        uvicorn.run(app, **options)
+    return 0
+
+
+def _port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pygateway", description="An embeddable API gateway.")
+    parser.add_argument("--version", action="version", version=f"pygateway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="serve a gateway (with uvicorn)")
+    run.add_argument("config", nargs="?", help="a Kong declarative file (YAML or JSON)")
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--port", type=int, default=8000)
+    run.add_argument("--workers", type=int, default=1)
+    run.add_argument("--trusted-ips", default="", help="comma-separated IPs/CIDRs")
+    run.add_argument("--log-level", default="info")
+
+    demo = sub.add_parser("demo", help="serve a demo gateway in front of an echo upstream")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+
+    config = sub.add_parser("config", help="work with declarative configuration files")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate a file (exit 1 on errors)")
+    check.add_argument("file")
+    show = config_sub.add_parser("show", help="print a file as pygateway understood it")
+    show.add_argument("file")
+
+    args = parser.parse_args(argv)
+    if args.command == "config":
+        from ._config import dump, load
+
+        try:
+            loaded = load(args.file)
+            from ._snapshot import Snapshot
+
+            Snapshot(loaded)
+        except ConfigurationError as exc:
+            print(f"pygateway: {args.file} is invalid:", file=sys.stderr)
+            for line in str(exc).splitlines():
+                print(f"  {line}", file=sys.stderr)
+            return 1
+        if args.config_command == "show":
+            print(json.dumps(dump(loaded), indent=2))
+        else:
+            print(f"{args.file}: configuration is valid")
+        return 0
+
+    host, port = args.host, args.port
+    if not _port_free(host, port):
+        print(f"pygateway: cannot listen on {host}:{port}: the address is in use",
+              file=sys.stderr)
+        return 1
+    if args.command == "demo":
+        print(_DEMO_HELP.format(host=host, port=port), flush=True)
+        return _serve(demo_gateway(), host, port, 1, "warning")
+    if args.config:
+        os.environ[_CONFIG_ENV] = os.path.abspath(args.config)
+    os.environ[_TRUSTED_ENV] = args.trusted_ips
+    try:
+        app = app_from_env()
+    except ConfigurationError as exc:
+        print(f"pygateway: {args.config} is invalid:", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    return _serve(app, host, port, args.workers, args.log_level)

@@ -1,0 +1,275 @@
+"""What plugins see and may change during one request: Kong's PDK in Python terms.
+
+`ctx.request` is the client's request as received (read-only); `ctx.upstream_request` is
+what will be sent upstream (method, path, query, headers, body: all writable in `access`);
+`ctx.response` is the response on its way to the client (writable in `header_filter`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+import anyio
+
+from ._headers import Headers
+from ._types import Receive
+
+if TYPE_CHECKING:
+    from ._entities import Consumer, Credential, Route, Service
+    from ._gateway import Gateway
+    from .plugins._base import Plugin
+
+__all__ = ["ClientDisconnect", "Context", "Request", "ResponseState", "UpstreamRequestState"]
+
+CONSUMER_HEADERS = (
+    b"x-consumer-id",
+    b"x-consumer-custom-id",
+    b"x-consumer-username",
+    b"x-credential-identifier",
+    b"x-anonymous-consumer",
+    b"x-consumer-groups",
+)
+
+
+class ClientDisconnect(Exception):
+    """The client went away while its request body was being read."""
+
+
+class _Body:
+    """The client's request body, read from ASGI `receive` once: streamed or buffered."""
+
+    __slots__ = ("buffered", "complete", "done", "has_body", "receive", "started")
+
+    def __init__(self, receive: Receive, has_body: bool) -> None:
+        self.receive = receive
+        self.has_body = has_body
+        self.buffered: bytes | None = None if has_body else b""
+        self.started = False
+        self.complete = not has_body
+        #: Set by whoever waits for the body to be read completely.
+        self.done: anyio.Event | None = None
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        if self.buffered is not None:
+            if self.buffered:
+                yield self.buffered
+            return
+        if self.started:
+            raise RuntimeError("the request body was already streamed upstream")
+        self.started = True
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            chunk = message.get("body", b"")
+            more = message.get("more_body", False)
+            if not more:
+                self.complete = True
+                if self.done is not None:
+                    self.done.set()
+            if chunk:
+                yield chunk
+            if not more:
+                return
+
+    async def read(self) -> bytes:
+        if self.buffered is None:
+            self.buffered = b"".join([c async for c in self.stream()])
+        return self.buffered
+
+
+class Request:
+    """The client's request, as the gateway received it."""
+
+    __slots__ = (
+        "_body",
+        "_query",
+        "client_ip",
+        "headers",
+        "host",
+        "method",
+        "path",
+        "peer_ip",
+        "port",
+        "query_string",
+        "raw_path",
+        "scheme",
+    )
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        scheme: str,
+        host: str,
+        port: int,
+        path: str,
+        raw_path: str,
+        query_string: str,
+        headers: Headers,
+        client_ip: str,
+        peer_ip: str,
+        body: _Body,
+    ) -> None:
+        self.method = method
+        self.scheme = scheme
+        self.host = host
+        self.port = port
+        #: The normalized path the router matched (below any mount root_path).
+        self.path = path
+        #: The path as the client sent it (still percent-encoded, not normalized).
+        self.raw_path = raw_path
+        self.query_string = query_string
+        self.headers = headers
+        #: The client's address after the `trusted_ips` / real-IP rules.
+        self.client_ip = client_ip
+        #: The address of the connecting peer.
+        self.peer_ip = peer_ip
+        self._body = body
+        self._query: dict[str, str | list[str]] | None = None
+
+    @property
+    def query_params(self) -> dict[str, str | list[str]]:
+        """Query arguments; a repeated argument gives a list (as Kong's get_query)."""
+        if self._query is None:
+            query: dict[str, str | list[str]] = {}
+            for key, value in parse_qsl(self.query_string, keep_blank_values=True):
+                if key in query:
+                    previous = query[key]
+                    query[key] = (
+                        [*previous, value] if isinstance(previous, list) else [previous, value]
+                    )
+                else:
+                    query[key] = value
+            self._query = query
+        return self._query
+
+    async def body(self) -> bytes:
+        """The whole request body. Reading it buffers it; it is still sent upstream."""
+        return await self._body.read()
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.path}>"
+
+
+class UpstreamRequestState:
+    """The request that will be sent upstream; plugins change it in `access`."""
+
+    __slots__ = ("body", "headers", "method", "path", "query_string")
+
+    def __init__(self, method: str, path: str, query_string: str, headers: Headers) -> None:
+        self.method = method
+        #: The upstream path (service path joined with the request path, per path_handling).
+        self.path = path
+        self.query_string = query_string
+        self.headers = headers
+        #: Set to bytes to replace the body sent upstream (Content-Length is fixed for you).
+        self.body: bytes | None = None
+
+
+class ResponseState:
+    """The response on its way to the client."""
+
+    __slots__ = ("body", "headers", "source", "status_code")
+
+    def __init__(self, status_code: int, headers: Headers, source: str) -> None:
+        self.status_code = status_code
+        self.headers = headers
+        #: "service" (from the upstream), "exit" (a plugin answered) or "error" (the gateway).
+        self.source = source
+        #: The whole body, only in the `response` phase.
+        self.body: bytes | None = None
+
+
+class Context:
+    """Per-request state handed to every plugin phase."""
+
+    __slots__ = (
+        "_plugin_states",
+        "consumer",
+        "credential",
+        "current_plugin",
+        "gateway",
+        "latencies",
+        "matched_prefix",
+        "request",
+        "request_id",
+        "response",
+        "route",
+        "service",
+        "shared",
+        "started_at",
+        "tries",
+        "upstream_request",
+        "upstream_status",
+        "uri_captures",
+    )
+
+    def __init__(self, gateway: Gateway, request: Request, request_id: str) -> None:
+        self.gateway = gateway
+        self.request = request
+        self.request_id = request_id
+        self.started_at = time.time()
+        self.route: Route | None = None
+        self.service: Service | None = None
+        self.consumer: Consumer | None = None
+        self.credential: Credential | None = None
+        self.uri_captures: dict[str, str] = {}
+        self.matched_prefix = ""
+        self.upstream_request: UpstreamRequestState | None = None
+        self.response: ResponseState | None = None
+        self.upstream_status: int | None = None
+        #: Shared by every plugin during this request (Kong's `kong.ctx.shared`).
+        self.shared: dict[str, Any] = {}
+        #: Milliseconds: `proxy` (gateway before the upstream), `upstream`, `response`.
+        self.latencies: dict[str, int] = {}
+        #: One entry per upstream attempt: {"ip", "port", "error"?}.
+        self.tries: list[dict[str, Any]] = []
+        self.current_plugin: Plugin | None = None
+        self._plugin_states: dict[int, dict[str, Any]] = {}
+
+    @property
+    def plugin_state(self) -> dict[str, Any]:
+        """State private to the running plugin for this request (Kong's `kong.ctx.plugin`)."""
+        key = id(self.current_plugin)
+        state = self._plugin_states.get(key)
+        if state is None:
+            state = self._plugin_states[key] = {}
+        return state
+
+    def authenticate(
+        self,
+        consumer: Consumer | None,
+        credential: Credential | None = None,
+        *,
+        anonymous: bool = False,
+    ) -> None:
+        """Record who is calling, and tell the upstream (X-Consumer-* headers).
+
+        Plugins that run after this one see `ctx.consumer`, and plugin configurations scoped
+        to that consumer apply to them.
+        """
+        self.consumer = consumer
+        self.credential = credential
+        if self.upstream_request is None:
+            return
+        headers = self.upstream_request.headers
+        for name in CONSUMER_HEADERS[:5]:
+            if name.decode() in headers:
+                del headers[name.decode()]
+        if consumer is not None:
+            headers["x-consumer-id"] = consumer.id or ""
+            if consumer.custom_id:
+                headers["x-consumer-custom-id"] = consumer.custom_id
+            if consumer.username:
+                headers["x-consumer-username"] = consumer.username
+        if credential is not None:
+            headers["x-credential-identifier"] = credential.identifier
+        if anonymous:
+            headers["x-anonymous-consumer"] = "true"
+
+    def __repr__(self) -> str:
+        return f"<Context {self.request_id} {self.request!r}>"

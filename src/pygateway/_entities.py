@@ -1,0 +1,449 @@
+"""The configuration entities: Service, Route, Consumer, credentials, Upstream, Target.
+
+Immutable attrs classes with Kong's field names, defaults and units (timeouts in ms). Each is
+checked when it is constructed, from Python or from a declarative file alike, and a problem
+raises `ConfigurationError` naming the field: `paths[0]: non-normalized path, consider use
+'/a' instead`. Derive changed copies with `attrs.evolve`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+import uuid
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
+
+import attrs
+
+from . import _schema
+from ._exceptions import ConfigurationError, PathPart
+from ._schema import field
+from .plugins._base import Plugin, Scoped
+from .routing._paths import check_regex, normalize_path, translate_regex
+
+__all__ = [
+    "Consumer",
+    "Credential",
+    "KeyAuthCredential",
+    "Route",
+    "Service",
+    "Target",
+    "Upstream",
+]
+
+# Deterministic ids for named entities, so a declarative file reloads with the same ids.
+_NAMESPACE = uuid.UUID("6f1c7a52-8c0e-4d5e-9a51-2f7c3b1e4a90")
+_TAG = re.compile(r"^[\x21-\x2b\x2d\x2e\x30-\x7e]+$")  # printable ASCII minus ',' and '/'
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$"
+)
+_METHOD = re.compile(r"^[A-Z]+$")
+_MAX_TIMEOUT = 2**31 - 2
+
+PluginEntry = Plugin | Scoped
+
+
+def entity_id(kind: str, key: str) -> str:
+    """The id Kong-style declarative loading gives an entity named `key`."""
+    return str(uuid.uuid5(_NAMESPACE, f"{kind}:{key}"))
+
+
+def _check_tags(tags: tuple[str, ...]) -> str | None:
+    for tag in tags:
+        if not _TAG.match(tag):
+            return (
+                f"invalid tag '{tag}': expected printable ascii (except `,` and `/`) "
+                "or valid utf-8 sequences"
+            )
+    return None
+
+
+def _check_uuid(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return "expected a valid UUID"
+    return None
+
+
+def _check_name(value: str | None) -> str | None:
+    if value is not None and (not value or not re.match(r"^[\w.~-]+$", value)):
+        return (
+            f"invalid value '{value}': the only accepted ascii characters are "
+            "alphanumerics or ., -, _, and ~"
+        )
+    return None
+
+
+def _check_host(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+        return None
+    except ValueError:
+        pass
+    if not _HOSTNAME.match(value):
+        return f"invalid hostname: {value}"
+    return None
+
+
+def _check_path(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value.startswith("/"):
+        return "should start with: /"
+    normalized = normalize_path(value)
+    if normalized != value:
+        return f"non-normalized path, consider use '{normalized}' instead"
+    return None
+
+
+def _check_plugins(plugins: tuple[Any, ...]) -> str | None:
+    for p in plugins:
+        if not isinstance(p, Plugin | Scoped):
+            return f"expected a Plugin (got {type(p).__name__})"
+    return None
+
+
+@attrs.frozen(kw_only=True)
+class Route:
+    """Which requests go to a Service: Kong's route, with Kong's defaults.
+
+    At least one of `methods`, `hosts`, `headers` or `paths` must be set. Plain paths are
+    prefixes; a path starting with `~` is a regular expression anchored at the start, whose
+    named groups become `ctx.uri_captures`.
+    """
+
+    name: str | None = field(None, check=_check_name)
+    protocols: tuple[Literal["http", "https"], ...] = ("http", "https")
+    methods: tuple[str, ...] | None = None
+    hosts: tuple[str, ...] | None = None
+    paths: tuple[str, ...] | None = None
+    headers: Mapping[str, tuple[str, ...]] | None = None
+    strip_path: bool = True
+    preserve_host: bool = False
+    regex_priority: int = 0
+    path_handling: Literal["v0", "v1"] = "v0"
+    https_redirect_status_code: Literal[426, 301, 302, 307, 308] = 426
+    request_buffering: bool = True
+    response_buffering: bool = True
+    tags: tuple[str, ...] = field((), check=_check_tags)
+    plugins: tuple[PluginEntry, ...] = field((), check=_check_plugins)
+    service: str | None = None
+    id: str | None = field(None, eq=False, check=_check_uuid)
+
+    def __attrs_post_init__(self) -> None:
+        _schema.validate(self)
+        errors: list[tuple[tuple[PathPart, ...], str]] = []
+        if not (self.methods or self.hosts or self.headers or self.paths):
+            errors.append(
+                (
+                    (),
+                    "must set one of 'methods', 'hosts', 'headers', 'paths' "
+                    "when 'protocols' is 'http' or 'https'",
+                )
+            )
+        if not self.protocols:
+            errors.append((("protocols",), "length must be at least 1"))
+        for i, method in enumerate(self.methods or ()):
+            if not _METHOD.match(method):
+                errors.append((("methods", i), f"invalid value: {method}"))
+        for i, host in enumerate(self.hosts or ()):
+            reason = _check_route_host(host)
+            if reason:
+                errors.append((("hosts", i), reason))
+        for i, path in enumerate(self.paths or ()):
+            reason = _check_route_path(path)
+            if reason:
+                errors.append((("paths", i), reason))
+        for name, values in (self.headers or {}).items():
+            if name.lower() == "host":
+                errors.append(
+                    (
+                        ("headers",),
+                        "cannot contain 'host' header, which must be "
+                        "specified in the 'hosts' attribute",
+                    )
+                )
+            if not values:
+                errors.append((("headers", name), "length must be at least 1"))
+            for i, value in enumerate(values):
+                if value.startswith("~*"):
+                    reason = check_regex(translate_regex(value[2:]))
+                    if reason:
+                        errors.append((("headers", name, i), reason))
+        if errors:
+            raise ConfigurationError(errors=errors)
+        if self.id is None and self.name:
+            object.__setattr__(self, "id", entity_id("routes", self.name))
+
+
+def _check_route_host(host: str) -> str | None:
+    name, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
+    if not name:
+        name, port = host, ""
+    if port and (not port.isdigit() or not 0 < int(port) < 65536):
+        return f"invalid port number: {port}"
+    if name.count("*") > 1:
+        return "invalid wildcard: must have at most one wildcard"
+    if "*" in name:
+        if not (name.startswith("*.") or name.endswith(".*")):
+            return "invalid wildcard: must be placed at leftmost or rightmost label"
+        return _check_host(name.replace("*", "wildcard"))
+    return _check_host(name)
+
+
+def _check_route_path(path: str) -> str | None:
+    if path.startswith("~"):
+        return check_regex(translate_regex(path[1:]))
+    if not path.startswith("/"):
+        return "should start with: / (fixed path) or ~/ (regex path)"
+    normalized = normalize_path(path)
+    if normalized != path:
+        return f"non-normalized path, consider use '{normalized}' instead"
+    return None
+
+
+@attrs.frozen(kw_only=True)
+class Service:
+    """An upstream API: where matched requests are proxied.
+
+    Give either `url` ("http://users.internal:8080/v1") or `protocol`/`host`/`port`/`path`.
+    `host` may name an `Upstream`, whose targets are then balanced. Timeouts are in ms.
+    """
+
+    name: str | None = field(None, check=_check_name)
+    url: str | None = field(None, eq=False)
+    protocol: Literal["http", "https"] = "http"
+    host: str | None = field(None, check=_check_host)
+    port: int | None = field(None, between=(0, 65535))
+    path: str | None = field(None, check=_check_path)
+    retries: int = field(5, between=(0, 32767))
+    connect_timeout: int = field(60_000, between=(1, _MAX_TIMEOUT))
+    write_timeout: int = field(60_000, between=(1, _MAX_TIMEOUT))
+    read_timeout: int = field(60_000, between=(1, _MAX_TIMEOUT))
+    tls_verify: bool | None = None
+    tls_verify_depth: int | None = field(None, between=(0, 64))
+    ca_certificates: tuple[str, ...] | None = None
+    client_certificate: str | None = None
+    enabled: bool = True
+    tags: tuple[str, ...] = field((), check=_check_tags)
+    routes: tuple[Route, ...] = ()
+    plugins: tuple[PluginEntry, ...] = field((), check=_check_plugins)
+    id: str | None = field(None, eq=False, check=_check_uuid)
+
+    def __attrs_post_init__(self) -> None:
+        if self.url is not None:
+            if not isinstance(self.url, str):
+                raise ConfigurationError("expected a string", path=("url",))
+            parts = urlsplit(self.url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigurationError(f"invalid url: {self.url}", path=("url",))
+            try:
+                port = parts.port
+            except ValueError:
+                raise ConfigurationError(f"invalid url: {self.url}", path=("url",)) from None
+            object.__setattr__(self, "protocol", parts.scheme)
+            object.__setattr__(self, "host", parts.hostname)
+            object.__setattr__(self, "port", port)
+            object.__setattr__(self, "path", parts.path or None)
+            object.__setattr__(self, "url", None)
+        _schema.validate(self)
+        if self.host is None:
+            raise ConfigurationError("required field missing", path=("host",))
+        if self.port is None:
+            object.__setattr__(self, "port", 443 if self.protocol == "https" else 80)
+        tls_only = {
+            "tls_verify": self.tls_verify,
+            "tls_verify_depth": self.tls_verify_depth,
+            "ca_certificates": self.ca_certificates,
+            "client_certificate": self.client_certificate,
+        }
+        for key, value in tls_only.items():
+            if value is not None and self.protocol != "https":
+                raise ConfigurationError(
+                    "value must be null when 'protocol' is not 'https'", path=(key,)
+                )
+        if self.id is None and self.name:
+            object.__setattr__(self, "id", entity_id("services", self.name))
+        for i, route in enumerate(self.routes):
+            if route.service is not None and route.service not in (self.name, self.id):
+                raise ConfigurationError(
+                    f"route is nested under service '{self.name}' but names service "
+                    f"'{route.service}'",
+                    path=("routes", i, "service"),
+                )
+
+
+@attrs.frozen(kw_only=True)
+class Credential:
+    """Base class of consumer credentials (key-auth keys, basic-auth passwords, ...).
+
+    `kind` is the declarative key the credential is listed under in a consumer
+    (`keyauth_credentials`); `plugin` is the plugin that reads it.
+    """
+
+    kind: ClassVar[str] = ""
+    plugin: ClassVar[str] = ""
+    registry: ClassVar[dict[str, type[Credential]]] = {}
+
+    id: str | None = field(None, eq=False, check=_check_uuid)
+    tags: tuple[str, ...] = field((), check=_check_tags)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("kind"):
+            Credential.registry[cls.kind] = cls
+
+    def __attrs_post_init__(self) -> None:
+        _schema.validate(self)
+
+    @property
+    def identifier(self) -> str:
+        """What `X-Credential-Identifier` carries for this credential."""
+        return self.id or ""
+
+
+@attrs.frozen(kw_only=True)
+class KeyAuthCredential(Credential):
+    """An API key for the key-auth plugin. A random key is generated when none is given."""
+
+    kind: ClassVar[str] = "keyauth_credentials"
+    plugin: ClassVar[str] = "key-auth"
+
+    key: str = attrs.field(factory=lambda: secrets.token_urlsafe(24))
+    ttl: int | None = field(None, between=(0, 100_000_000))
+
+    def __attrs_post_init__(self) -> None:
+        _schema.validate(self)
+        if not self.key:
+            raise ConfigurationError("length must be at least 1", path=("key",))
+        if self.id is None:
+            object.__setattr__(self, "id", entity_id("keyauth_credentials", self.key))
+
+
+@attrs.frozen(kw_only=True)
+class Consumer:
+    """Someone who calls your APIs; auth plugins map a credential to a Consumer."""
+
+    username: str | None = None
+    custom_id: str | None = None
+    credentials: tuple[Credential, ...] = ()
+    acls: tuple[str, ...] = ()
+    tags: tuple[str, ...] = field((), check=_check_tags)
+    plugins: tuple[PluginEntry, ...] = field((), check=_check_plugins)
+    id: str | None = field(None, eq=False, check=_check_uuid)
+
+    def __attrs_post_init__(self) -> None:
+        _schema.validate(self)
+        if not self.username and not self.custom_id:
+            raise ConfigurationError(
+                "at least one of these fields must be non-empty: 'custom_id', 'username'"
+            )
+        if self.id is None:
+            key = f"u:{self.username}" if self.username else f"c:{self.custom_id}"
+            object.__setattr__(self, "id", entity_id("consumers", key))
+
+
+def split_target(target: str) -> tuple[str, int]:
+    """`"10.0.0.5:8080"` -> `("10.0.0.5", 8080)`; the port defaults to 8000 (Kong)."""
+    if target.startswith("["):
+        host, _, rest = target[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif target.count(":") == 1:
+        host, _, port = target.partition(":")
+    else:
+        host, port = target, ""
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigurationError(f"invalid port number: {port}", path=("target",))
+    reason = _check_host(host)
+    if reason or not host:
+        raise ConfigurationError(
+            reason or "Invalid target; not a valid hostname or ip address", path=("target",)
+        )
+    return host, int(port) if port else 8000
+
+
+@attrs.frozen
+class Target:
+    """One address of an Upstream: `Target("10.0.0.5:8080", weight=100)`; weight 0 disables it."""
+
+    target: str
+    weight: int = field(100, between=(0, 65535), kw_only=True)
+    tags: tuple[str, ...] = field((), check=_check_tags, kw_only=True)
+    id: str | None = field(None, eq=False, check=_check_uuid, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        _schema.validate(self)
+        host, port = split_target(self.target)
+        shown = f"[{host}]" if ":" in host else host
+        object.__setattr__(self, "target", f"{shown}:{port}")
+
+    @property
+    def host(self) -> str:
+        return split_target(self.target)[0]
+
+    @property
+    def port(self) -> int:
+        return split_target(self.target)[1]
+
+
+_HASH_ON = Literal["none", "consumer", "ip", "header", "cookie", "path", "query_arg", "uri_capture"]
+
+
+@attrs.frozen(kw_only=True)
+class Upstream:
+    """A virtual host name balanced over Targets; a Service uses it by naming it as `host`."""
+
+    name: str
+    algorithm: Literal["round-robin", "consistent-hashing", "least-connections", "latency"] = (
+        "round-robin"
+    )
+    hash_on: _HASH_ON = "none"
+    hash_fallback: _HASH_ON = "none"
+    hash_on_header: str | None = None
+    hash_fallback_header: str | None = None
+    hash_on_cookie: str | None = None
+    hash_on_cookie_path: str = "/"
+    hash_on_query_arg: str | None = None
+    hash_fallback_query_arg: str | None = None
+    hash_on_uri_capture: str | None = None
+    hash_fallback_uri_capture: str | None = None
+    slots: int = field(10_000, between=(10, 65536))
+    host_header: str | None = field(None, check=_check_host)
+    use_srv_name: bool = False
+    healthchecks: Mapping[str, Any] | None = None
+    tags: tuple[str, ...] = field((), check=_check_tags)
+    targets: tuple[Target, ...] = ()
+    id: str | None = field(None, eq=False, check=_check_uuid)
+
+    def __attrs_post_init__(self) -> None:
+        _schema.validate(self)
+        try:
+            ipaddress.ip_address(self.name.strip("[]"))
+        except ValueError:
+            pass
+        else:
+            raise ConfigurationError("Invalid name; no ip addresses allowed", path=("name",))
+        if ":" in self.name or _check_host(self.name):
+            raise ConfigurationError(
+                f"Invalid name ('{self.name}'); must be a valid hostname", path=("name",)
+            )
+        if self.hash_on == "none" and self.hash_fallback != "none":
+            raise ConfigurationError(
+                "failed conditional validation given value of field 'hash_on'",
+                path=("hash_fallback",),
+            )
+        seen: set[str] = set()
+        for i, t in enumerate(self.targets):
+            if t.target in seen:
+                raise ConfigurationError(f"duplicate target '{t.target}'", path=("targets", i))
+            seen.add(t.target)
+        if self.id is None:
+            object.__setattr__(self, "id", entity_id("upstreams", self.name))

@@ -1,0 +1,163 @@
+"""From the client's request to the upstream request: paths, client IPs and headers.
+
+Kong's rules, as plain functions: v0/v1 path joining, `trusted_ips` and the real-IP header,
+hop-by-hop removal, X-Forwarded-* / X-Real-IP / Via.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from collections.abc import Iterable
+
+from ._exceptions import ConfigurationError
+from ._types import RawHeaders
+
+__all__ = ["TrustedIPs", "join_upstream_path", "request_headers", "response_headers"]
+
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Set by the gateway only, never taken from the client.
+_GATEWAY_SET = frozenset(
+    {
+        b"host",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-forwarded-path",
+        b"x-forwarded-prefix",
+        b"x-real-ip",
+        b"x-credential-identifier",
+        b"x-anonymous-consumer",
+        b"expect",
+    }
+)
+
+
+class TrustedIPs:
+    """Kong's `trusted_ips`: the peers whose X-Forwarded-* / real-IP headers are believed."""
+
+    def __init__(self, networks: Iterable[str] = ()) -> None:
+        nets = []
+        for i, net in enumerate(networks):
+            try:
+                nets.append(ipaddress.ip_network(net.strip(), strict=False))
+            except ValueError:
+                raise ConfigurationError(
+                    f"invalid ip or cidr range: '{net}'", path=("trusted_ips", i)
+                ) from None
+        self.networks = tuple(nets)
+        self.contains = functools.lru_cache(maxsize=4096)(self._contains)
+
+    def _contains(self, ip: str) -> bool:
+        if not self.networks or not ip:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr.version == net.version and addr in net for net in self.networks)
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+
+def real_client_ip(
+    peer: str, headers: RawHeaders, trusted: TrustedIPs, header: bytes, recursive: bool
+) -> str:
+    """nginx's realip module as Kong configures it: only a trusted peer may name the client."""
+    if not trusted or not trusted.contains(peer):
+        return peer
+    values = [v.decode("latin-1") for k, v in headers if k == header]
+    if not values:
+        return peer
+    addresses = [a.strip() for a in ",".join(values).split(",") if a.strip()]
+    if not addresses:
+        return peer
+    if not recursive:
+        return addresses[-1]
+    for address in reversed(addresses):
+        if not trusted.contains(address):
+            return address
+    return addresses[0]
+
+
+def join_upstream_path(
+    base: str | None, req_path: str, matched: str, strip_path: bool, handling: str
+) -> str:
+    """The upstream path for a request, per Kong's path_handling `v0` (default) or `v1`."""
+    base = base or "/"
+    postfix = req_path[len(matched) :] if strip_path else req_path
+    if handling == "v1":
+        if not strip_path:
+            return base + req_path[1:]
+        if base.endswith("/") and postfix.startswith("/"):
+            return base[:-1] + postfix
+        return base + postfix
+    if base.endswith("/"):
+        if strip_path:
+            if postfix == "":
+                if base == "/":
+                    return "/"
+                return base if req_path.endswith("/") else base[:-1]
+            if postfix.startswith("/"):
+                return base[:-1] + postfix
+            return base + postfix
+        return base + req_path[1:]
+    if strip_path:
+        if postfix == "":
+            return base + "/" if len(req_path) > 1 and req_path.endswith("/") else base
+        if postfix.startswith("/"):
+            return base + postfix
+        return base + "/" + postfix
+    if req_path == "/":
+        return base
+    return base + req_path
+
+
+def _connection_listed(headers: RawHeaders) -> frozenset[bytes]:
+    listed: set[bytes] = set()
+    for k, v in headers:
+        if k == b"connection":
+            listed.update(t.strip().lower() for t in v.split(b","))
+    return frozenset(listed)
+
+
+def request_headers(client: RawHeaders) -> RawHeaders:
+    """The client's headers minus hop-by-hop, Connection-listed, gateway-set and consumer
+    identity headers; Content-Length dropped when Transfer-Encoding is present."""
+    listed = _connection_listed(client) if any(k == b"connection" for k, _ in client) else ()
+    chunked = any(k == b"transfer-encoding" for k, _ in client)
+    out = []
+    for k, v in client:
+        if k in _HOP_BY_HOP or k in _GATEWAY_SET or k in listed:
+            continue
+        if k.startswith(b"x-consumer-"):
+            continue
+        if chunked and k == b"content-length":
+            continue
+        out.append((k, v))
+    return out
+
+
+def response_headers(upstream: RawHeaders) -> RawHeaders:
+    """The upstream's response headers minus hop-by-hop and Connection-listed ones."""
+    listed = _connection_listed(upstream) if any(k == b"connection" for k, _ in upstream) else ()
+    chunked = any(k == b"transfer-encoding" for k, _ in upstream)
+    return [
+        (k, v)
+        for k, v in upstream
+        if k not in _HOP_BY_HOP and k not in listed and not (chunked and k == b"content-length")
+    ]

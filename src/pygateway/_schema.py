@@ -1,0 +1,180 @@
+"""Field checking shared by entities and plugins.
+
+Every attrs class here is checked the same way, whether it was built in Python or loaded from
+a declarative file: the annotation of each field says what it accepts (with Kong's wording,
+"expected an integer"), lists become tuples, and `field(check=...)` adds a rule of its own.
+All problems are collected into one `ConfigurationError` naming each field path.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, Union
+
+import attrs
+
+from ._exceptions import ConfigurationError, PathPart
+
+Check = Callable[[Any], "str | None"]
+_NOTHING: Any = attrs.NOTHING
+
+
+def field(
+    default: Any = _NOTHING,
+    *,
+    factory: Callable[[], Any] | None = None,
+    check: Check | None = None,
+    between: tuple[int, int] | None = None,
+    eq: bool = True,
+    kw_only: bool = False,
+) -> Any:
+    """An attrs field with an extra rule: `check(value)` returns an error text or None."""
+    checks: list[Check] = []
+    if between is not None:
+        low, high = between
+        checks.append(
+            lambda v: (
+                None
+                if v is None or low <= v <= high
+                else f"value should be between {low} and {high}"
+            )
+        )
+    if check is not None:
+        checks.append(check)
+    if factory is not None:
+        return attrs.field(factory=factory, metadata={"checks": checks}, eq=eq, kw_only=kw_only)
+    return attrs.field(default=default, metadata={"checks": checks}, eq=eq, kw_only=kw_only)
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
+
+
+def validate(instance: Any) -> None:
+    """Check and normalize every field of an attrs instance in place (it may be frozen)."""
+    cls = type(instance)
+    hints = _hints(cls)
+    errors: list[tuple[tuple[PathPart, ...], str]] = []
+    for a in attrs.fields(cls):
+        value = getattr(instance, a.name)
+        hint = hints.get(a.name, Any)
+        before = len(errors)
+        new = coerce(value, hint, (a.name,), errors)
+        if len(errors) == before:
+            for check in a.metadata.get("checks", ()):
+                reason = check(new)
+                if reason:
+                    errors.append(((a.name,), reason))
+                    break
+        if new is not value:
+            object.__setattr__(instance, a.name, new)
+    if errors:
+        raise ConfigurationError(errors=errors)
+
+
+def describe(hint: Any) -> str:
+    if hint is str:
+        return "a string"
+    if hint is bool:
+        return "a boolean"
+    if hint is int:
+        return "an integer"
+    if hint is float:
+        return "a number"
+    origin = typing.get_origin(hint)
+    if origin in (tuple, list, frozenset, set):
+        return "an array"
+    if origin in (dict, Mapping) or hint in (dict, Mapping):
+        return "a map"
+    if isinstance(hint, type):
+        return f"a {hint.__name__}"
+    return str(hint)
+
+
+def coerce(
+    value: Any,
+    hint: Any,
+    path: tuple[PathPart, ...],
+    errors: list[tuple[tuple[PathPart, ...], str]],
+) -> Any:
+    """Return `value` checked against `hint` (lists become tuples); record errors."""
+    if hint is Any:
+        return value
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None:
+            if type(None) in args:
+                return None
+            errors.append((path, "required field missing"))
+            return value
+        options = [a for a in args if a is not type(None)]
+        first_errors: list[tuple[tuple[PathPart, ...], str]] | None = None
+        for option in options:
+            trial: list[tuple[tuple[PathPart, ...], str]] = []
+            result = coerce(value, option, path, trial)
+            if not trial:
+                return result
+            if first_errors is None:
+                first_errors = trial
+        if len(options) == 1 and first_errors:
+            errors.extend(first_errors)
+        else:
+            errors.append((path, "expected " + " or ".join(describe(o) for o in options)))
+        return value
+    if value is None:
+        errors.append((path, "required field missing"))
+        return value
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed or (type(value) is bool and True not in allowed):
+            errors.append((path, "expected one of: " + ", ".join(str(a) for a in allowed)))
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            errors.append((path, "expected a string"))
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            errors.append((path, "expected a boolean"))
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            errors.append((path, "expected an integer"))
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            errors.append((path, "expected a number"))
+        return value
+    if origin in (tuple, list, frozenset, set) or hint in (tuple, list):
+        if isinstance(value, str | bytes | Mapping) or not isinstance(
+            value, list | tuple | set | frozenset
+        ):
+            errors.append((path, "expected an array"))
+            return value
+        args = typing.get_args(hint)
+        item = args[0] if args else Any
+        out = tuple(coerce(v, item, (*path, i), errors) for i, v in enumerate(value))
+        return out
+    if origin in (dict, Mapping) or origin is typing.get_origin(Mapping[str, Any]):
+        if not isinstance(value, Mapping):
+            errors.append((path, "expected a map"))
+            return value
+        args = typing.get_args(hint)
+        item = args[1] if len(args) == 2 else Any
+        return {k: coerce(v, item, (*path, k), errors) for k, v in value.items()}
+    if isinstance(hint, type):
+        if not isinstance(value, hint):
+            errors.append((path, f"expected {describe(hint)}"))
+        return value
+    return value

@@ -1,0 +1,289 @@
+"""Compile a configuration into the immutable snapshot the hot path reads.
+
+Done once per configuration: references resolved, cross-entity rules checked (unique names,
+plugin scopes), the router built, and per route a *plugin plan*: for each plugin name that
+could apply, the instance chosen by Kong's 8-level scope precedence. Only consumer-scoped
+instances need a lookup per request; everything else is decided here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from ._entities import Consumer, Credential, Route, Service, Upstream
+from ._exceptions import ConfigurationError, PathPart
+from .balancers import Balancer, RoundRobin
+from .plugins._base import Plugin, Scoped, check_declaration
+from .routing import Router
+
+__all__ = ["Configuration", "PlanEntry", "Snapshot"]
+
+Path = tuple[PathPart, ...]
+
+
+@attrs.frozen(kw_only=True)
+class Configuration:
+    """Everything a gateway is configured with (entities only; settings live on Gateway)."""
+
+    services: tuple[Service, ...] = ()
+    routes: tuple[Route, ...] = ()
+    consumers: tuple[Consumer, ...] = ()
+    upstreams: tuple[Upstream, ...] = ()
+    plugins: tuple[Plugin | Scoped, ...] = ()
+
+
+@attrs.frozen(eq=False)
+class PlanEntry:
+    """One plugin name on one route, with the instances each scope level provides."""
+
+    name: str
+    priority: int
+    route_service: Plugin | None  # level 4
+    fallback: Plugin | None  # first of levels 6, 7, 8 (route, service, global)
+    #: consumer id -> (first of levels 1-3, level 5), only if consumer-scoped instances exist
+    by_consumer: dict[str, tuple[Plugin | None, Plugin | None]] | None
+
+    def resolve(self, consumer_id: str | None) -> Plugin | None:
+        if self.by_consumer is not None and consumer_id is not None:
+            high, low = self.by_consumer.get(consumer_id, (None, None))
+            return high or self.route_service or low or self.fallback
+        return self.route_service or self.fallback
+
+
+@attrs.frozen(eq=False)
+class _Placed:
+    plugin: Plugin
+    route: Route | None
+    service: Service | None
+    consumer: Consumer | None
+    path: Path
+
+
+class Snapshot:
+    """The compiled, read-only form of a Configuration."""
+
+    def __init__(self, config: Configuration) -> None:
+        self.config = config
+        errors: list[tuple[Path, str]] = []
+        services: list[tuple[Service, Path]] = []
+        routes: list[tuple[Route, Service | None, Path]] = []
+        self.services_by_key: dict[str, Service] = {}
+        for i, service in enumerate(config.services):
+            path: Path = ("services", i)
+            services.append((service, path))
+            for key in (service.name, service.id):
+                if key is None:
+                    continue
+                if key in self.services_by_key:
+                    errors.append(((*path, "name"), f"UNIQUE violation detected on '{key}'"))
+                self.services_by_key[key] = service
+            for j, route in enumerate(service.routes):
+                routes.append((route, service, (*path, "routes", j)))
+        for i, route in enumerate(config.routes):
+            path = ("routes", i)
+            owner: Service | None = None
+            if route.service is not None:
+                owner = self.services_by_key.get(route.service)
+                if owner is None:
+                    errors.append(
+                        (
+                            (*path, "service"),
+                            f"the foreign key '{route.service}' does not reference an "
+                            "existing 'services' entity",
+                        )
+                    )
+            routes.append((route, owner, path))
+        self.routes_by_key: dict[str, Route] = {}
+        for route, _, path in routes:
+            for key in (route.name, route.id):
+                if key is None:
+                    continue
+                if key in self.routes_by_key and self.routes_by_key[key] is not route:
+                    errors.append(((*path, "name"), f"UNIQUE violation detected on '{key}'"))
+                self.routes_by_key[key] = route
+        self.consumers_by_key: dict[str, Consumer] = {}
+        self.credentials: dict[str, list[tuple[Credential, Consumer]]] = {}
+        for i, consumer in enumerate(config.consumers):
+            for key in (consumer.username, consumer.custom_id, consumer.id):
+                if key is None:
+                    continue
+                if key in self.consumers_by_key and self.consumers_by_key[key] is not consumer:
+                    errors.append((("consumers", i), f"UNIQUE violation detected on '{key}'"))
+                self.consumers_by_key[key] = consumer
+            for credential in consumer.credentials:
+                self.credentials.setdefault(credential.kind, []).append((credential, consumer))
+        self.upstreams: dict[str, tuple[Upstream, Balancer]] = {}
+        for i, upstream in enumerate(config.upstreams):
+            if upstream.name in self.upstreams:
+                errors.append(
+                    (("upstreams", i, "name"), f"UNIQUE violation detected on '{upstream.name}'")
+                )
+            self.upstreams[upstream.name] = (upstream, RoundRobin(upstream.targets))
+
+        placed = self._place_plugins(config, services, routes, errors)
+        if errors:
+            raise ConfigurationError(errors=errors)
+
+        active = [
+            (route, service) for route, service, _ in routes if service is None or service.enabled
+        ]
+        self.router = Router(active)
+        self.plugins: tuple[Plugin, ...] = tuple({id(p.plugin): p.plugin for p in placed}.values())
+        globals_ = sorted(
+            (
+                p.plugin
+                for p in placed
+                if p.route is None and p.service is None and p.consumer is None
+            ),
+            key=lambda p: (-p.priority, p.name),
+        )
+        #: Global plugins: they alone run `rewrite`, and they alone run when no route matched.
+        self.global_plugins: tuple[Plugin, ...] = tuple(globals_)
+        self.rewrite_plugins = tuple(p for p in globals_ if p.implements("rewrite"))
+        self.plans: dict[int, tuple[PlanEntry, ...]] = {
+            id(route): _plan(route, service, placed) for route, service, _ in routes
+        }
+
+    def _place_plugins(
+        self,
+        config: Configuration,
+        services: Sequence[tuple[Service, Path]],
+        routes: Sequence[tuple[Route, Service | None, Path]],
+        errors: list[tuple[Path, str]],
+    ) -> list[_Placed]:
+        placed: list[_Placed] = []
+        checked: set[type] = set()
+
+        def place(
+            entry: Plugin | Scoped,
+            path: Path,
+            route: Route | None,
+            service: Service | None,
+            consumer: Consumer | None,
+        ) -> None:
+            plugin = entry.plugin if isinstance(entry, Scoped) else entry
+            if isinstance(entry, Scoped):
+                if not entry.enabled:
+                    return
+                refs: list[tuple[str, str | None, dict[str, Any]]] = [
+                    ("route", entry.route, self.routes_by_key),
+                    ("service", entry.service, self.services_by_key),
+                    ("consumer", entry.consumer, self.consumers_by_key),
+                ]
+                found: dict[str, Any] = {}
+                for field, ref, table in refs:
+                    if ref is None:
+                        continue
+                    target = table.get(ref)
+                    if target is None:
+                        errors.append(
+                            (
+                                (*path, field),
+                                f"the foreign key '{ref}' does not "
+                                f"reference an existing '{field}s' entity",
+                            )
+                        )
+                        return
+                    found[field] = target
+                route = found.get("route", route)
+                service = found.get("service", service)
+                consumer = found.get("consumer", consumer)
+            cls = type(plugin)
+            if cls not in checked:
+                try:
+                    check_declaration(cls)
+                except ConfigurationError as exc:
+                    errors.extend(exc.prefixed(*path).errors)
+                    return
+                checked.add(cls)
+            for scope, entity in (("route", route), ("service", service), ("consumer", consumer)):
+                if entity is not None and scope not in cls.scopes:
+                    errors.append(
+                        ((*path, scope), f"plugin '{cls.name}' cannot be applied to a {scope}")
+                    )
+                    return
+            if (
+                route is None
+                and service is None
+                and consumer is None
+                and ("global" not in cls.scopes)
+            ):
+                errors.append((path, f"plugin '{cls.name}' cannot be applied globally"))
+                return
+            placed.append(_Placed(plugin, route, service, consumer, path))
+
+        for i, entry in enumerate(config.plugins):
+            place(entry, ("plugins", i), None, None, None)
+        for service, path in services:
+            for i, entry in enumerate(service.plugins):
+                place(entry, (*path, "plugins", i), None, service, None)
+        for route, _, path in routes:
+            for i, entry in enumerate(route.plugins):
+                place(entry, (*path, "plugins", i), route, None, None)
+        for i, consumer in enumerate(config.consumers):
+            for j, entry in enumerate(consumer.plugins):
+                place(entry, ("consumers", i, "plugins", j), None, None, consumer)
+
+        seen: dict[tuple[str, int, int, int], Path] = {}
+        for p in placed:
+            key = (p.plugin.name, id(p.route), id(p.service), id(p.consumer))
+            if key in seen:
+                errors.append(
+                    (
+                        p.path,
+                        f"UNIQUE violation detected on plugin '{p.plugin.name}' "
+                        f"(already configured at {_fmt(seen[key])} for the same "
+                        "route, service and consumer)",
+                    )
+                )
+            seen[key] = p.path
+        return placed
+
+
+def _fmt(path: Path) -> str:
+    from ._exceptions import format_path
+
+    return format_path(path)
+
+
+def _plan(
+    route: Route, service: Service | None, placed: Sequence[_Placed]
+) -> tuple[PlanEntry, ...]:
+    by_name: dict[str, dict[Any, Any]] = {}
+    for p in placed:
+        if p.route is not None and p.route is not route:
+            continue
+        if p.service is not None and p.service is not service:
+            continue
+        levels: dict[Any, Any] = by_name.setdefault(
+            p.plugin.name, {"priority": p.plugin.priority, "consumers": {}}
+        )
+        r, s = p.route is not None, p.service is not None
+        if p.consumer is not None:
+            level = 1 if r and s else 2 if r else 3 if s else 5
+            levels["consumers"].setdefault(p.consumer.id, {})[level] = p.plugin
+        else:
+            level = 4 if r and s else 6 if r else 7 if s else 8
+            levels[level] = p.plugin
+    entries = []
+    for name, levels in by_name.items():
+        by_consumer = None
+        if levels["consumers"]:
+            by_consumer = {
+                cid: (lv.get(1) or lv.get(2) or lv.get(3), lv.get(5))
+                for cid, lv in levels["consumers"].items()
+            }
+        entries.append(
+            PlanEntry(
+                name=name,
+                priority=levels["priority"],
+                route_service=levels.get(4),
+                fallback=levels.get(6) or levels.get(7) or levels.get(8),
+                by_consumer=by_consumer,
+            )
+        )
+    entries.sort(key=lambda e: (-e.priority, e.name))
+    return tuple(entries)

@@ -1,0 +1,142 @@
+"""The engine seam: how the runloop talks to upstreams.
+
+An engine turns one `UpstreamRequest` (raw byte headers, an async byte stream for the body)
+into one `UpstreamResponse` (status, raw headers, an async byte stream), and nothing else:
+it never follows redirects, decompresses, adds headers or keeps cookies, and it sends exactly
+the target it is given. Failures are translated at the seam into `UpstreamError` subclasses.
+
+Close every response you get, in the task that sent the request (`await response.aclose()`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import attrs
+
+from .._types import RawHeaders
+
+__all__ = ["Engine", "UpstreamRequest", "UpstreamResponse"]
+
+
+@attrs.define(slots=True)
+class UpstreamRequest:
+    """What to send upstream. `target` is the request target: path plus `?query`, as bytes."""
+
+    method: str
+    scheme: str
+    host: str
+    port: int
+    target: bytes
+    headers: RawHeaders
+    #: The request body, or None when the request has none. With a `content-length` header
+    #: it is sent as is, otherwise chunked.
+    body: AsyncIterable[bytes] | None = None
+    connect_timeout: float = 60.0
+    write_timeout: float = 60.0
+    read_timeout: float = 60.0
+    tls_verify: bool = True
+    #: Host name for TLS SNI and certificate checks (defaults to `host`).
+    server_name: str | None = None
+    extensions: dict[str, Any] = attrs.field(factory=dict)
+    #: The whole body once `read()` was awaited.
+    content: bytes | None = None
+
+    async def read(self) -> bytes:
+        """Read the whole body (once); afterwards `content` holds it and `body` replays it."""
+        if self.content is None:
+            self.content = (
+                b"" if self.body is None else b"".join([chunk async for chunk in self.body])
+            )
+            self.body = _Replay(self.content)
+        return self.content
+
+    @property
+    def url(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        netloc = self.host if self.port == default else f"{self.host}:{self.port}"
+        if ":" in self.host and not self.host.startswith("["):
+            netloc = f"[{self.host}]" if self.port == default else f"[{self.host}]:{self.port}"
+        return f"{self.scheme}://{netloc}{self.target.decode('latin-1')}"
+
+
+class _Replay:
+    __slots__ = ("content",)
+
+    def __init__(self, content: bytes) -> None:
+        self.content = content
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self.content:
+            yield self.content
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover
+
+
+async def _one(content: bytes) -> AsyncIterator[bytes]:
+    yield content
+
+
+class UpstreamResponse:
+    """The upstream's answer: `status_code`, raw `headers`, and `stream` (async bytes).
+
+    `UpstreamResponse(200, [(b"content-type", b"text/plain")], content=b"hi")` builds one
+    directly (handy in `MockEngine` handlers). `on_close` runs once, on `aclose()`.
+    """
+
+    __slots__ = ("_closed", "_on_close", "headers", "http_version", "status_code", "stream")
+
+    def __init__(
+        self,
+        status_code: int,
+        headers: RawHeaders | None = None,
+        *,
+        stream: AsyncIterable[bytes] | None = None,
+        content: bytes | None = None,
+        on_close: Callable[[], Awaitable[None]] | None = None,
+        http_version: str = "1.1",
+    ) -> None:
+        self.status_code = status_code
+        self.headers: RawHeaders = list(headers or [])
+        if stream is None:
+            stream = _one(content) if content else _empty()
+        self.stream = stream
+        self.http_version = http_version
+        self._on_close = on_close
+        self._closed = False
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.stream])
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._on_close is not None:
+            await self._on_close()
+
+    def __repr__(self) -> str:
+        return f"<UpstreamResponse [{self.status_code}]>"
+
+
+class Engine:
+    """Base class of engines. Implement `send`; override `aclose` if you hold resources."""
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        raise NotImplementedError(
+            f"{type(self).__name__}.send() must be implemented: take an UpstreamRequest, "
+            "return an UpstreamResponse, raise UpstreamError subclasses on failure"
+        )
+
+    async def aclose(self) -> None:
+        """Release connections and other resources. The gateway calls it on shutdown."""
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

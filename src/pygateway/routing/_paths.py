@@ -14,6 +14,12 @@ from typing import Any
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 _MULTI_SLASH = re.compile(r"//+")
+# Anything but unreserved, sub-delims, ':', '@', '/' and '%' is escaped (Kong does the same).
+_UNSAFE = re.compile(r"[^A-Za-z0-9\-._~!$&'()*+,;=:@/%]")
+
+
+def _escape(m: re.Match[str]) -> str:
+    return "".join(f"%{b:02X}" for b in m.group(0).encode("latin-1", "replace"))
 
 
 def _unescape(m: re.Match[str]) -> str:
@@ -43,7 +49,13 @@ def remove_dot_segments(path: str) -> str:
 
 
 def normalize_path(path: str) -> str:
-    """Normalize a request path (no query string) that starts with `/`."""
+    """Normalize a request path (no query string) that starts with `/`.
+
+    The path is text decoded from the raw bytes as latin-1 (as the runloop does), so a byte
+    that needs escaping becomes `%XX` of that byte.
+    """
+    if not path.isascii() or _UNSAFE.search(path):
+        path = _UNSAFE.sub(_escape, path)
     if "%" in path:
         path = _ESCAPE.sub(_unescape, path)
     if "//" in path:
@@ -55,7 +67,8 @@ def normalize_path(path: str) -> str:
 
 # Rust's regex crate (Kong 3 routers) has neither look-around nor back-references; Python's
 # engine backtracks, so on top of those we refuse nested unbounded repeats like `(a+)+`, the
-# shape behind catastrophic backtracking. Everything else compiles as Python `re`.
+# shape behind catastrophic backtracking, unless each repetition is delimited by a character
+# nothing else in it matches (`(/[^/]+)+`, `(\.\d+)*`). Everything else compiles as `re`.
 _NAMED_GROUP = re.compile(r"\(\?<(?![=!])")
 _MAXREPEAT = sre_parse.MAXREPEAT
 
@@ -65,13 +78,14 @@ def translate_regex(pattern: str) -> str:
     return _NAMED_GROUP.sub("(?P<", pattern)
 
 
-def check_regex(pattern: str) -> str | None:
-    """Return why `pattern` (already translated) is refused, or None."""
+def check_regex(pattern: str, shown: str | None = None) -> str | None:
+    """Return why `pattern` (already translated) is refused, or None. `shown` is the pattern
+    as the user wrote it, for the message."""
     try:
         parsed = sre_parse.parse(pattern)
         re.compile(pattern)
     except re.error as exc:
-        return f"invalid regex: '{pattern}' ({exc})"
+        return f"invalid regex: '{shown or pattern}' ({exc})"
     return _check_tree(parsed)
 
 
@@ -82,14 +96,23 @@ def _check_tree(items: Any) -> str | None:
             return "look-around assertions are not supported (as in Kong 3's regex engine)"
         if name == "GROUPREF" or name == "GROUPREF_EXISTS":
             return "back-references are not supported (as in Kong 3's regex engine)"
-        if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+        if name in ("ATOMIC_GROUP", "POSSESSIVE_REPEAT"):
+            return "atomic groups and possessive repeats are not supported (as in Kong 3)"
+        if name in ("MAX_REPEAT", "MIN_REPEAT"):
             _, high, sub = av
             unbounded = high == _MAXREPEAT or high > 100
-            if unbounded and _can_repeat(sub):
-                return (
-                    "nested unbounded repetition (like '(a+)+') could backtrack "
-                    "catastrophically; rewrite it without the outer or inner repeat"
-                )
+            if unbounded and not _delimited(sub):
+                if _can_repeat(sub):
+                    return (
+                        "nested unbounded repetition (like '(a+)+') could backtrack "
+                        "catastrophically; rewrite it without the outer or inner repeat"
+                    )
+                if _overlapping_branches(sub):
+                    return (
+                        "a repeated alternation whose branches can start alike (like "
+                        "'(a|aa)+') could backtrack catastrophically; make the branches "
+                        "start differently"
+                    )
             reason = _check_tree(sub)
             if reason:
                 return reason
@@ -123,6 +146,97 @@ def _can_repeat(items: Any) -> bool:
         elif name == "BRANCH" and any(_can_repeat(b) for b in av[1]):
             return True
     return False
+
+
+_SAMPLE = range(128)
+
+
+def _first_codes(branch: Any) -> frozenset[int]:
+    """The (ASCII) characters a branch may start with; everything when unsure."""
+    for node in branch:
+        if str(node[0]) == "AT":
+            continue
+        return frozenset(c for c in _SAMPLE if _may_match(node, c))
+    return frozenset(_SAMPLE)
+
+
+def _overlapping_branches(items: Any) -> bool:
+    """Is there an alternation in `items` with two branches that can start alike?"""
+    for op, av in items:
+        name = str(op)
+        if name == "BRANCH":
+            firsts = [_first_codes(b) for b in av[1]]
+            for i, first in enumerate(firsts):
+                if any(first & other for other in firsts[i + 1 :]):
+                    return True
+            if any(_overlapping_branches(b) for b in av[1]):
+                return True
+        elif name == "SUBPATTERN" and _overlapping_branches(av[-1]):
+            return True
+    return False
+
+
+def _delimited(items: Any) -> bool:
+    """Does each repetition of `items` start (or end) with a literal character that nothing
+    else in it can match? Then a text splits into repetitions one way only: no blow-up."""
+    while len(items) == 1 and str(items[0][0]) == "SUBPATTERN":
+        if items[0][1][1] & re.IGNORECASE:
+            return False
+        items = items[0][1][-1]
+    if len(items) < 2:
+        return False
+    for edge, rest in ((items[0], items[1:]), (items[-1], items[:-1])):
+        op, code = edge
+        uncased = str(op) == "LITERAL" and chr(code).lower() == chr(code).upper()
+        if uncased and not any(_may_match(node, code) for node in rest):
+            return True
+    return False
+
+
+_CATEGORIES = {
+    "CATEGORY_DIGIT": re.compile(r"\d"),
+    "CATEGORY_NOT_DIGIT": re.compile(r"\D"),
+    "CATEGORY_SPACE": re.compile(r"\s"),
+    "CATEGORY_NOT_SPACE": re.compile(r"\S"),
+    "CATEGORY_WORD": re.compile(r"\w"),
+    "CATEGORY_NOT_WORD": re.compile(r"\W"),
+}
+
+
+def _may_match(node: Any, code: int) -> bool:
+    """Could this parsed node consume the character `code`? (True when unsure.)"""
+    op, av = node
+    name = str(op)
+    if name == "LITERAL":
+        return bool(av == code)
+    if name == "NOT_LITERAL":
+        return bool(av != code)
+    if name == "AT":
+        return False
+    if name == "IN":
+        negate, hit = False, False
+        for item_op, item in av:
+            kind = str(item_op)
+            if kind == "NEGATE":
+                negate = True
+            elif kind == "LITERAL":
+                hit = hit or item == code
+            elif kind == "RANGE":
+                hit = hit or item[0] <= code <= item[1]
+            elif kind == "CATEGORY" and str(item) in _CATEGORIES:
+                hit = hit or bool(_CATEGORIES[str(item)].match(chr(code)))
+            else:
+                return True
+        return hit != negate
+    if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+        return any(_may_match(n, code) for n in av[2])
+    if name == "SUBPATTERN":
+        return any(_may_match(n, code) for n in av[-1])
+    if name == "BRANCH":
+        return any(_may_match(n, code) for branch in av[1] for n in branch)
+    if name == "ATOMIC_GROUP":
+        return any(_may_match(n, code) for n in av)
+    return True
 
 
 def literal_prefix(pattern: str) -> str:

@@ -3,14 +3,18 @@
 Each route is split like Kong does (one rule per prefix length, one for all its regexes) and
 given Kong's priority: number of fields set > plain hosts only > header count > regex >
 regex_priority > prefix length; ties go to the route defined first. Rules are indexed by host
-and by path prefix (regexes by their literal prefix), so a match looks at the few rules that
-could apply instead of scanning them all; the best-ranked candidate that fully matches wins.
+and by path prefix (a regex by its literal prefix, or by a whole segment it requires when that
+is more selective), so a match looks at the few rules that could apply instead of scanning
+them all; the best-ranked candidate that fully matches wins. Only rules with no usable path
+key (no paths, or a regex with neither) are tried for every path of their host.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
+from re import _parser as sre_parse  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING
 
 import attrs
@@ -87,29 +91,87 @@ def _host_matches(pattern: str, want_port: int | None, host: str, port: int) -> 
     return host == pattern
 
 
-class _PathIndex:
-    """Rule ranks by literal path prefix, bucketed by prefix length."""
+_Bucket = tuple[dict[str, tuple[tuple[int, ...], ...]], tuple[int, ...]]
+_PathKey = tuple[str, str]  # ("prefix", "/svc12/v1") or ("segment", "orders")
 
-    __slots__ = ("by_length", "lengths")
+
+class _PathIndex:
+    """Rule ranks by literal path prefix, found in time independent of the number of rules.
+
+    A prefix splits at its last `/` into a head and a tail (`/svc12/v1` -> `/svc12/`, `v1`).
+    It can only match a path that has the same head, cut at one of the path's own slashes,
+    followed by a segment starting with the tail. So `collect` looks up one head per slash of
+    the path (as deep as the deepest head) and, in that head's bucket, the longest tail
+    starting the next segment (usually the whole segment: one lookup). Each tail's *chain*
+    lists the ranks of that tail and of every shorter tail of the bucket it starts with, so
+    nothing else needs looking at.
+    """
+
+    __slots__ = ("always", "buckets", "head_ends", "max_depth", "pending", "segments")
 
     def __init__(self) -> None:
-        self.by_length: dict[int, dict[str, list[int]]] = {}
-        self.lengths: tuple[int, ...] = ()
+        self.pending: dict[str, dict[str, list[int]]] = {}
+        self.buckets: dict[str, _Bucket] = {}
+        self.segments: dict[str, list[int]] = {}  # regexes keyed by a segment they require
+        self.always: list[int] = []  # no usable path key: a candidate for every path
+        self.head_ends: frozenset[int] = frozenset()
+        self.max_depth = 0
 
-    def add(self, prefix: str, rank: int) -> None:
-        self.by_length.setdefault(len(prefix), {}).setdefault(prefix, []).append(rank)
+    def add(self, key: _PathKey, rank: int) -> None:
+        kind, prefix = key
+        if kind == "segment":
+            self.segments.setdefault(prefix, []).append(rank)
+            return
+        if not prefix.startswith("/"):
+            self.always.append(rank)
+            return
+        cut = prefix.rfind("/") + 1
+        self.pending.setdefault(prefix[:cut], {}).setdefault(prefix[cut:], []).append(rank)
 
     def freeze(self) -> None:
-        self.lengths = tuple(sorted(self.by_length, reverse=True))
+        for head, tails in self.pending.items():
+            chains = {
+                tail: tuple(
+                    tuple(tails[tail[:n]]) for n in range(len(tail) + 1) if tail[:n] in tails
+                )
+                for tail in tails
+            }
+            lengths = tuple(sorted({len(t) for t in tails}, reverse=True))
+            self.buckets[head] = (chains, lengths)
+        self.head_ends = frozenset(map(len, self.buckets))
+        self.max_depth = max((head.count("/") for head in self.buckets), default=0)
+        self.pending = {}
 
     def collect(self, path: str, out: list[int]) -> None:
-        n = len(path)
-        by_length = self.by_length
-        for length in self.lengths:
-            if length <= n:
-                ranks = by_length[length].get(path[:length])
-                if ranks:
-                    out.extend(ranks)
+        if self.always:
+            out.extend(self.always)
+        if self.segments:
+            for segment in path.split("/"):
+                required = self.segments.get(segment)
+                if required is not None:
+                    out.extend(required)
+        buckets = self.buckets
+        if not buckets:
+            return
+        # Every head starts with "/": for a path that does not, no lookup below can hit.
+        head_ends, depth = self.head_ends, self.max_depth
+        end = 1  # the head is path[:end], which ends with one of the path's slashes
+        for segment in path.split("/", depth + 1)[1 : depth + 1]:
+            bucket = buckets.get(path[:end]) if end in head_ends else None
+            if bucket is not None:
+                chains, lengths = bucket
+                chain = chains.get(segment)
+                if chain is None:
+                    size = len(segment)
+                    for length in lengths:
+                        if length < size:
+                            chain = chains.get(segment[:length])
+                            if chain is not None:
+                                break
+                if chain is not None:
+                    for ranks in chain:
+                        out.extend(ranks)
+            end += len(segment) + 1
 
 
 class Router:
@@ -128,11 +190,17 @@ class Router:
         self._suffix: dict[str, _PathIndex] = {}  # "*.example.com" keyed by ".example.com"
         self._prefix: dict[str, _PathIndex] = {}  # "example.*" keyed by "example."
         self._any = _PathIndex()
+        regex_keys = {
+            regex.pattern: _regex_keys(regex.pattern)
+            for rule in self.rules
+            for regex in rule.regexes or ()
+        }
+        shared = Counter(key for keys in regex_keys.values() for key in keys)
         for rule in self.rules:
-            prefixes = _path_keys(rule)
+            path_keys = _path_keys(rule, regex_keys, shared)
             for index in self._host_indexes(rule):
-                for prefix in prefixes:
-                    index.add(prefix, rule.rank)
+                for path_key in path_keys:
+                    index.add(path_key, rule.rank)
         for index in (
             *self._exact.values(),
             *self._suffix.values(),
@@ -140,7 +208,6 @@ class Router:
             self._any,
         ):
             index.freeze()
-        self._suffix_lengths = sorted({k.count(".") for k in self._suffix}, reverse=True)
 
     def _host_indexes(self, rule: _Rule) -> list[_PathIndex]:
         if rule.hosts is None:
@@ -194,12 +261,42 @@ class Router:
         return None
 
 
-def _path_keys(rule: _Rule) -> list[str]:
+def _path_keys(
+    rule: _Rule, regex_keys: dict[str, list[_PathKey]], shared: Counter[_PathKey]
+) -> list[_PathKey]:
+    """The keys a rule is indexed under: one per path, all of which a matching path has."""
     if rule.prefixes is not None:
-        return list(rule.prefixes)
+        return [("prefix", p) for p in rule.prefixes]
     if rule.regexes is not None:
-        return sorted({literal_prefix(r.pattern) for r in rule.regexes})
-    return [""]
+        # Of the keys a regex offers, the one the fewest other regexes share.
+        return sorted({min(regex_keys[r.pattern], key=lambda k: shared[k]) for r in rule.regexes})
+    return [("prefix", "")]
+
+
+def _regex_keys(pattern: str) -> list[_PathKey]:
+    """Its literal prefix, and the whole segments every match of `pattern` contains:
+    `/(?P<v>v\\d+)/orders/(.*)` has prefix `/` (useless: every path has it), segment `orders`.
+    """
+    prefix = literal_prefix(pattern)
+    keys: list[_PathKey] = []
+    if len(prefix) > 1:
+        keys.append(("prefix", prefix))
+    try:
+        parsed = sre_parse.parse(pattern)
+    except re.error:
+        parsed = None
+    if parsed is not None and not parsed.state.flags & re.IGNORECASE:
+        # Runs of literals at the top level are text every match contains; a `/x/` inside
+        # one means the path has a segment `x`.
+        run: list[str] = []
+        for op, av in [*parsed, (None, None)]:
+            if op is not None and str(op) == "LITERAL":
+                run.append(chr(av))
+                continue
+            segments = "".join(run).split("/")[1:-1]
+            keys.extend(("segment", s) for s in segments if s)
+            run = []
+    return keys or [("prefix", prefix)]
 
 
 def _compile(route: Route, service: Service | None) -> list[tuple[tuple[int, ...], _Rule]]:

@@ -32,8 +32,8 @@ from ._version import __version__
 from .plugins import Plugin, Scoped
 
 __all__ = [
-    "ConfigurationError",
     "Configuration",
+    "ConfigurationError",
     "Consumer",
     "Context",
     "Credential",

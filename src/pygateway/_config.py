@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from ._entities import Consumer, Credential, Route, Service, Target, Upstream
+from ._entities import Consumer, Credential, Route, Service, Target, Upstream, entity_id
 from ._exceptions import ConfigurationError, PathPart
 from ._snapshot import Configuration
 from .plugins import _registry
@@ -112,7 +112,10 @@ class _Loader:
             if key in _IGNORED:
                 continue
             if key not in allowed:
-                self.fail((*path, key), "unknown field")
+                if value is not None:  # Kong exports fields we lack as null (`ordering`)
+                    self.fail((*path, key), "unknown field")
+                continue
+            if value is None:  # Kong exports unset fields as null: use the default
                 continue
             out[key] = value
         return out
@@ -158,6 +161,8 @@ class _Loader:
                 self.fail((key,), "unknown field")
 
         targets: dict[str, list[Target]] = {}
+        # where each flat reference was first made, to point errors at it
+        ref_paths: dict[tuple[str, str], Path_] = {}
         for i, raw in enumerate(self.items(data, "targets", ())):
             ref: Any = raw.get("upstream") if isinstance(raw, Mapping) else None
             target = self.target(raw, ("targets", i), allow_ref=True)
@@ -167,6 +172,7 @@ class _Loader:
                     self.fail(("targets", i, "upstream"), "required field missing")
                 else:
                     targets.setdefault(upstream_key, []).append(target)
+                    ref_paths.setdefault(("upstreams", upstream_key), ("targets", i, "upstream"))
 
         extra_creds: dict[str, list[tuple[str, Credential]]] = {}
         extra_acls: dict[str, list[str]] = {}
@@ -179,6 +185,7 @@ class _Loader:
                         self.fail((kind, i, "consumer"), "required field missing")
                     else:
                         extra_creds.setdefault(ref, []).append((kind, cred))
+                        ref_paths.setdefault(("consumers", ref), (kind, i, "consumer"))
         for i, raw in enumerate(self.items(data, "acls", ())):
             fields = self.fields(raw, ("acls", i), {"group", "consumer", "tags", "id"})
             if fields is None:
@@ -188,6 +195,7 @@ class _Loader:
                 self.fail(("acls", i), "'group' and 'consumer' are required")
                 continue
             extra_acls.setdefault(ref, []).append(fields["group"])
+            ref_paths.setdefault(("consumers", ref), ("acls", i, "consumer"))
 
         services = [
             s
@@ -213,14 +221,14 @@ class _Loader:
         for ref in targets:
             if ref not in known_upstreams:
                 self.fail(
-                    ("targets",),
+                    ref_paths[("upstreams", ref)],
                     f"the foreign key '{ref}' does not reference an existing 'upstreams' entity",
                 )
         known_consumers = {k for c in consumers for k in (c.username, c.custom_id, c.id) if k}
-        for ref in [*extra_creds, *extra_acls]:
+        for ref in dict.fromkeys([*extra_creds, *extra_acls]):
             if ref not in known_consumers:
                 self.fail(
-                    ("consumers",),
+                    ref_paths[("consumers", ref)],
                     f"the foreign key '{ref}' does not reference an existing 'consumers' entity",
                 )
         plugins = [
@@ -298,11 +306,11 @@ class _Loader:
                     self.fail((*path, "acls", i, "group"), "required field missing")
                 else:
                     acls.append(acl["group"])
-        keys = [
-            k
-            for k in (fields.get("username"), fields.get("custom_id"), fields.get("id"))
-            if isinstance(k, str)
-        ]
+        username, custom_id = fields.get("username"), fields.get("custom_id")
+        keys = [k for k in (username, custom_id, fields.get("id")) if isinstance(k, str)]
+        if "id" not in fields and isinstance(username or custom_id, str):
+            # flat entries may name the consumer by the id it is about to be given
+            keys.append(entity_id("consumers", f"u:{username}" if username else f"c:{custom_id}"))
         for key in keys:
             credentials.extend(c for _, c in extra_creds.pop(key, []))
             acls.extend(extra_acls.pop(key, []))
@@ -334,9 +342,12 @@ class _Loader:
             if (target := self.target(raw_target, (*path, "targets", i), allow_ref=False))
             is not None
         ]
-        for key in (fields.get("name"), fields.get("id")):
-            if isinstance(key, str):
-                targets.extend(extra.pop(key, []))
+        name = fields.get("name")
+        keys = [k for k in (name, fields.get("id")) if isinstance(k, str)]
+        if "id" not in fields and isinstance(name, str):
+            keys.append(entity_id("upstreams", name))  # the id it is about to be given
+        for key in keys:
+            targets.extend(extra.pop(key, []))
         fields["targets"] = tuple(targets)
         return self.build(Upstream, fields, path)
 

@@ -12,7 +12,7 @@ import ipaddress
 import re
 import secrets
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -51,7 +51,7 @@ def entity_id(kind: str, key: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{kind}:{key}"))
 
 
-def _check_tags(tags: tuple[str, ...]) -> str | None:
+def _check_tags(tags: Sequence[str]) -> str | None:
     for tag in tags:
         if not _TAG.match(tag):
             return (
@@ -98,13 +98,13 @@ def _check_path(value: str | None) -> str | None:
         return None
     if not value.startswith("/"):
         return "should start with: /"
-    normalized = normalize_path(value)
+    normalized = normalize_path(value.encode("utf-8").decode("latin-1"))
     if normalized != value:
         return f"non-normalized path, consider use '{normalized}' instead"
     return None
 
 
-def _check_plugins(plugins: tuple[Any, ...]) -> str | None:
+def _check_plugins(plugins: Sequence[Any]) -> str | None:
     for p in plugins:
         if not isinstance(p, Plugin | Scoped):
             return f"expected a Plugin (got {type(p).__name__})"
@@ -121,11 +121,11 @@ class Route:
     """
 
     name: str | None = field(None, check=_check_name)
-    protocols: tuple[Literal["http", "https"], ...] = ("http", "https")
-    methods: tuple[str, ...] | None = None
-    hosts: tuple[str, ...] | None = None
-    paths: tuple[str, ...] | None = None
-    headers: Mapping[str, tuple[str, ...]] | None = None
+    protocols: Sequence[Literal["http", "https"]] = ("http", "https")
+    methods: Sequence[str] | None = None
+    hosts: Sequence[str] | None = None
+    paths: Sequence[str] | None = None
+    headers: Mapping[str, Sequence[str]] | None = None
     strip_path: bool = True
     preserve_host: bool = False
     regex_priority: int = 0
@@ -133,8 +133,8 @@ class Route:
     https_redirect_status_code: Literal[426, 301, 302, 307, 308] = 426
     request_buffering: bool = True
     response_buffering: bool = True
-    tags: tuple[str, ...] = field((), check=_check_tags)
-    plugins: tuple[PluginEntry, ...] = field((), check=_check_plugins)
+    tags: Sequence[str] = field((), check=_check_tags)
+    plugins: Sequence[PluginEntry] = field((), check=_check_plugins)
     service: str | None = None
     id: str | None = field(None, eq=False, check=_check_uuid)
 
@@ -175,7 +175,7 @@ class Route:
                 errors.append((("headers", name), "length must be at least 1"))
             for i, value in enumerate(values):
                 if value.startswith("~*"):
-                    reason = check_regex(translate_regex(value[2:]))
+                    reason = check_regex(translate_regex(value[2:]), value[2:])
                     if reason:
                         errors.append((("headers", name, i), reason))
         if errors:
@@ -201,10 +201,10 @@ def _check_route_host(host: str) -> str | None:
 
 def _check_route_path(path: str) -> str | None:
     if path.startswith("~"):
-        return check_regex(translate_regex(path[1:]))
+        return check_regex(translate_regex(path[1:]), path[1:])
     if not path.startswith("/"):
         return "should start with: / (fixed path) or ~/ (regex path)"
-    normalized = normalize_path(path)
+    normalized = normalize_path(path.encode("utf-8").decode("latin-1"))
     if normalized != path:
         return f"non-normalized path, consider use '{normalized}' instead"
     return None
@@ -230,12 +230,12 @@ class Service:
     read_timeout: int = field(60_000, between=(1, _MAX_TIMEOUT))
     tls_verify: bool | None = None
     tls_verify_depth: int | None = field(None, between=(0, 64))
-    ca_certificates: tuple[str, ...] | None = None
+    ca_certificates: Sequence[str] | None = None
     client_certificate: str | None = None
     enabled: bool = True
-    tags: tuple[str, ...] = field((), check=_check_tags)
-    routes: tuple[Route, ...] = ()
-    plugins: tuple[PluginEntry, ...] = field((), check=_check_plugins)
+    tags: Sequence[str] = field((), check=_check_tags)
+    routes: Sequence[Route] = ()
+    plugins: Sequence[PluginEntry] = field((), check=_check_plugins)
     id: str | None = field(None, eq=False, check=_check_uuid)
 
     def __attrs_post_init__(self) -> None:
@@ -294,7 +294,7 @@ class Credential:
     registry: ClassVar[dict[str, type[Credential]]] = {}
 
     id: str | None = field(None, eq=False, check=_check_uuid)
-    tags: tuple[str, ...] = field((), check=_check_tags)
+    tags: Sequence[str] = field((), check=_check_tags)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -334,10 +334,10 @@ class Consumer:
 
     username: str | None = None
     custom_id: str | None = None
-    credentials: tuple[Credential, ...] = ()
-    acls: tuple[str, ...] = ()
-    tags: tuple[str, ...] = field((), check=_check_tags)
-    plugins: tuple[PluginEntry, ...] = field((), check=_check_plugins)
+    credentials: Sequence[Credential] = ()
+    acls: Sequence[str] = ()
+    tags: Sequence[str] = field((), check=_check_tags)
+    plugins: Sequence[PluginEntry] = field((), check=_check_plugins)
     id: str | None = field(None, eq=False, check=_check_uuid)
 
     def __attrs_post_init__(self) -> None:
@@ -362,10 +362,9 @@ def split_target(target: str) -> tuple[str, int]:
         host, port = target, ""
     if port and not (port.isdigit() and 0 < int(port) < 65536):
         raise ConfigurationError(f"invalid port number: {port}", path=("target",))
-    reason = _check_host(host)
-    if reason or not host:
+    if not host or _check_host(host):
         raise ConfigurationError(
-            reason or "Invalid target; not a valid hostname or ip address", path=("target",)
+            "Invalid target; not a valid hostname or ip address", path=("target",)
         )
     return host, int(port) if port else 8000
 
@@ -376,7 +375,7 @@ class Target:
 
     target: str
     weight: int = field(100, between=(0, 65535), kw_only=True)
-    tags: tuple[str, ...] = field((), check=_check_tags, kw_only=True)
+    tags: Sequence[str] = field((), check=_check_tags, kw_only=True)
     id: str | None = field(None, eq=False, check=_check_uuid, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
@@ -419,8 +418,8 @@ class Upstream:
     host_header: str | None = field(None, check=_check_host)
     use_srv_name: bool = False
     healthchecks: Mapping[str, Any] | None = None
-    tags: tuple[str, ...] = field((), check=_check_tags)
-    targets: tuple[Target, ...] = ()
+    tags: Sequence[str] = field((), check=_check_tags)
+    targets: Sequence[Target] = ()
     id: str | None = field(None, eq=False, check=_check_uuid)
 
     def __attrs_post_init__(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Union
 
 import attrs
@@ -90,7 +90,7 @@ def describe(hint: Any) -> str:
     if hint is float:
         return "a number"
     origin = typing.get_origin(hint)
-    if origin in (tuple, list, frozenset, set):
+    if origin in (tuple, list, frozenset, set, Sequence):
         return "an array"
     if origin in (dict, Mapping) or hint in (dict, Mapping):
         return "a map"
@@ -156,7 +156,7 @@ def coerce(
         if isinstance(value, bool) or not isinstance(value, int | float):
             errors.append((path, "expected a number"))
         return value
-    if origin in (tuple, list, frozenset, set) or hint in (tuple, list):
+    if origin in (tuple, list, frozenset, set, Sequence) or hint in (tuple, list):
         if isinstance(value, str | bytes | Mapping) or not isinstance(
             value, list | tuple | set | frozenset
         ):
@@ -166,7 +166,7 @@ def coerce(
         item = args[0] if args else Any
         out = tuple(coerce(v, item, (*path, i), errors) for i, v in enumerate(value))
         return out
-    if origin in (dict, Mapping) or origin is typing.get_origin(Mapping[str, Any]):
+    if origin in (dict, Mapping):
         if not isinstance(value, Mapping):
             errors.append((path, "expected a map"))
             return value

@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 
+from . import _schema
 from ._entities import Consumer, Credential, Route, Service, Upstream
 from ._exceptions import ConfigurationError, PathPart
 from .balancers import Balancer, RoundRobin
@@ -28,11 +29,14 @@ Path = tuple[PathPart, ...]
 class Configuration:
     """Everything a gateway is configured with (entities only; settings live on Gateway)."""
 
-    services: tuple[Service, ...] = ()
-    routes: tuple[Route, ...] = ()
-    consumers: tuple[Consumer, ...] = ()
-    upstreams: tuple[Upstream, ...] = ()
-    plugins: tuple[Plugin | Scoped, ...] = ()
+    services: Sequence[Service] = ()
+    routes: Sequence[Route] = ()
+    consumers: Sequence[Consumer] = ()
+    upstreams: Sequence[Upstream] = ()
+    plugins: Sequence[Plugin | Scoped] = ()
+
+    def __attrs_post_init__(self) -> None:
+        _schema.validate(self)  # lists become tuples, like the entities'
 
 
 @attrs.frozen(eq=False)
@@ -74,12 +78,9 @@ class Snapshot:
         for i, service in enumerate(config.services):
             path: Path = ("services", i)
             services.append((service, path))
-            for key in (service.name, service.id):
-                if key is None:
-                    continue
-                if key in self.services_by_key:
-                    errors.append(((*path, "name"), f"UNIQUE violation detected on '{key}'"))
-                self.services_by_key[key] = service
+            _index(
+                self.services_by_key, service, (service.name, service.id), (*path, "name"), errors
+            )
             for j, route in enumerate(service.routes):
                 routes.append((route, service, (*path, "routes", j)))
         for i, route in enumerate(config.routes):
@@ -98,21 +99,17 @@ class Snapshot:
             routes.append((route, owner, path))
         self.routes_by_key: dict[str, Route] = {}
         for route, _, path in routes:
-            for key in (route.name, route.id):
-                if key is None:
-                    continue
-                if key in self.routes_by_key and self.routes_by_key[key] is not route:
-                    errors.append(((*path, "name"), f"UNIQUE violation detected on '{key}'"))
-                self.routes_by_key[key] = route
+            _index(self.routes_by_key, route, (route.name, route.id), (*path, "name"), errors)
         self.consumers_by_key: dict[str, Consumer] = {}
         self.credentials: dict[str, list[tuple[Credential, Consumer]]] = {}
         for i, consumer in enumerate(config.consumers):
-            for key in (consumer.username, consumer.custom_id, consumer.id):
-                if key is None:
-                    continue
-                if key in self.consumers_by_key and self.consumers_by_key[key] is not consumer:
-                    errors.append((("consumers", i), f"UNIQUE violation detected on '{key}'"))
-                self.consumers_by_key[key] = consumer
+            _index(
+                self.consumers_by_key,
+                consumer,
+                (consumer.username, consumer.custom_id, consumer.id),
+                ("consumers", i),
+                errors,
+            )
             for credential in consumer.credentials:
                 self.credentials.setdefault(credential.kind, []).append((credential, consumer))
         self.upstreams: dict[str, tuple[Upstream, Balancer]] = {}
@@ -131,7 +128,7 @@ class Snapshot:
             (route, service) for route, service, _ in routes if service is None or service.enabled
         ]
         self.router = Router(active)
-        self.plugins: tuple[Plugin, ...] = tuple({id(p.plugin): p.plugin for p in placed}.values())
+        self.plugins: Sequence[Plugin] = tuple({id(p.plugin): p.plugin for p in placed}.values())
         globals_ = sorted(
             (
                 p.plugin
@@ -141,7 +138,7 @@ class Snapshot:
             key=lambda p: (-p.priority, p.name),
         )
         #: Global plugins: they alone run `rewrite`, and they alone run when no route matched.
-        self.global_plugins: tuple[Plugin, ...] = tuple(globals_)
+        self.global_plugins: Sequence[Plugin] = tuple(globals_)
         self.rewrite_plugins = tuple(p for p in globals_ if p.implements("rewrite"))
         self.plans: dict[int, tuple[PlanEntry, ...]] = {
             id(route): _plan(route, service, placed) for route, service, _ in routes
@@ -241,6 +238,24 @@ class Snapshot:
                 )
             seen[key] = p.path
         return placed
+
+
+def _index(
+    table: dict[str, Any],
+    entity: Any,
+    keys: Sequence[str | None],
+    path: Path,
+    errors: list[tuple[Path, str]],
+) -> None:
+    """Index an entity by its names and id; one error if any of them is taken already."""
+    present = [k for k in keys if k is not None]
+    for key in present:
+        other = table.get(key)
+        if other is not None and other is not entity:
+            errors.append((path, f"UNIQUE violation detected on '{key}'"))
+            return
+    for key in present:
+        table[key] = entity
 
 
 def _fmt(path: Path) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
@@ -114,9 +115,14 @@ def _plain(value: Any) -> Any:
 def check_declaration(cls: type[Plugin]) -> None:
     """Fail with a message naming the class and the fix if `cls` cannot work as a plugin."""
     problems: list[str] = []
-    label = cls.__qualname__
+    if isinstance(cls, Plugin):
+        raise PluginDeclarationError(
+            f"{cls!r} is a plugin instance, not a subclass of pygateway.Plugin: "
+            f"register the class ({type(cls).__qualname__})"
+        )
     if not (isinstance(cls, type) and issubclass(cls, Plugin)):
         raise PluginDeclarationError(f"{cls!r} is not a subclass of pygateway.Plugin")
+    label = cls.__qualname__
     if not attrs.has(cls):
         problems.append(f"{label} must be an attrs class: decorate it with @attrs.frozen")
     if not isinstance(cls.name, str) or not _NAME.match(cls.name or ""):
@@ -153,7 +159,7 @@ def _check_name(value: str | None) -> str | None:
     return None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen
 class Scoped:
     """A plugin with Kong's plugin-entity metadata: where it applies and whether it is on.
 
@@ -162,15 +168,15 @@ class Scoped:
     ids; inside a Route/Service/Consumer's `plugins`, the enclosing entity is implied.
     """
 
-    plugin: Plugin = attrs.field()
-    service: str | None = None
-    route: str | None = None
-    consumer: str | None = None
-    enabled: bool = True
-    instance_name: str | None = field(None, check=_check_name)
-    protocols: tuple[str, ...] = ("grpc", "grpcs", "http", "https")
-    tags: tuple[str, ...] = ()
-    id: str | None = field(None, eq=False)
+    plugin: Plugin = attrs.field()  # positional: `Scoped(plugin, route="r")`
+    service: str | None = attrs.field(default=None, kw_only=True)
+    route: str | None = attrs.field(default=None, kw_only=True)
+    consumer: str | None = attrs.field(default=None, kw_only=True)
+    enabled: bool = attrs.field(default=True, kw_only=True)
+    instance_name: str | None = field(None, check=_check_name, kw_only=True)
+    protocols: Sequence[str] = attrs.field(default=("grpc", "grpcs", "http", "https"), kw_only=True)
+    tags: Sequence[str] = attrs.field(default=(), kw_only=True)
+    id: str | None = field(None, eq=False, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         _schema.validate(self)

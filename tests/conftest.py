@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+# Shared test helpers with asserts in them get pytest's assertion rewriting wherever imported.
+pytest.register_assert_rewrite("engine_conformance", "upstreams", "serverutil")
+
 
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:

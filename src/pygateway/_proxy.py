@@ -87,11 +87,21 @@ def real_client_ip(
     if not addresses:
         return peer
     if not recursive:
-        return addresses[-1]
+        return addresses[-1] if _is_ip(addresses[-1]) else peer
     for address in reversed(addresses):
+        if not _is_ip(address):
+            return peer  # nginx gives up on a value it cannot parse
         if not trusted.contains(address):
             return address
     return addresses[0]
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def join_upstream_path(
@@ -153,7 +163,9 @@ def request_headers(client: RawHeaders) -> RawHeaders:
 
 
 def response_headers(upstream: RawHeaders) -> RawHeaders:
-    """The upstream's response headers minus hop-by-hop and Connection-listed ones."""
+    """The upstream's response headers minus hop-by-hop and Connection-listed ones; names are
+    lower-cased (engines may hand them over as the upstream spelled them)."""
+    upstream = [(k.lower(), v) for k, v in upstream]
     listed = _connection_listed(upstream) if any(k == b"connection" for k, _ in upstream) else ()
     chunked = any(k == b"transfer-encoding" for k, _ in upstream)
     return [

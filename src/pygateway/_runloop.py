@@ -39,6 +39,7 @@ __all__ = ["handle_http"]
 logger = logging.getLogger("pygateway.runloop")
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_HEX = frozenset("0123456789abcdefABCDEF")
 
 
 def _route_path(scope: Scope) -> tuple[str, str, str]:
@@ -47,17 +48,41 @@ def _route_path(scope: Scope) -> tuple[str, str, str]:
     raw = scope.get("raw_path")
     if raw is not None:
         raw_path = raw.decode("latin-1").partition("?")[0]
-        raw_root = quote(root_path)
-        if raw_root and raw_path.startswith(raw_root):
-            raw_path = raw_path[len(raw_root) :]
+        if root_path:
+            below = _below_root(raw_path, root_path)
+            if below is not None:
+                raw_path = below
     else:
         path: str = scope["path"]
-        if root_path and path.startswith(root_path):
+        if root_path and path.startswith(root_path) and path[len(root_path) :][:1] in ("", "/"):
             path = path[len(root_path) :]
         raw_path = quote(path, safe="/:@!$&'()*+,;=-._~")
     if not raw_path.startswith("/"):
         raw_path = "/" + raw_path
     return normalize_path(raw_path), raw_path, root_path
+
+
+def _below_root(raw_path: str, root_path: str) -> str | None:
+    """What follows the segments of `raw_path` that percent-decode to `root_path`, if any.
+
+    `root_path` is decoded (the mount point an app such as Starlette matched), so the client
+    may have encoded it differently: `/%61pi/users` is below `/api`.
+    """
+    want = root_path.encode("utf-8", "surrogateescape")
+    got = bytearray()
+    i = 0
+    while len(got) < len(want) and i < len(raw_path):
+        escape = raw_path[i + 1 : i + 3]
+        if raw_path[i] == "%" and len(escape) == 2 and all(c in _HEX for c in escape):
+            got.append(int(escape, 16))
+            i += 3
+        else:
+            got.append(ord(raw_path[i]))
+            i += 1
+    rest = raw_path[i:]
+    if got != want or rest[:1] not in ("", "/"):
+        return None
+    return rest
 
 
 def _host_and_port(scope: Scope, headers: list[tuple[bytes, bytes]]) -> tuple[str, int, str]:
@@ -290,14 +315,13 @@ async def _answer(
         body = await _filter_phase(ctx, plugin, plugin.body_filter, ctx, body, True) or b""
     if "content-length" in headers:
         del headers["content-length"]
-    if ctx.request.method != "HEAD":
+    status = ctx.response.status_code
+    # HEAD, 1xx, 204 and 304 answers carry no body (and 204s no Content-Length, as Kong's).
+    bodyless = ctx.request.method == "HEAD" or status < 200 or status in (204, 304)
+    if not bodyless:
         headers["content-length"] = str(len(body))
-    await send(
-        {"type": "http.response.start", "status": ctx.response.status_code, "headers": headers.raw}
-    )
-    await send(
-        {"type": "http.response.body", "body": body if ctx.request.method != "HEAD" else b""}
-    )
+    await send({"type": "http.response.start", "status": status, "headers": headers.raw})
+    await send({"type": "http.response.body", "body": b"" if bodyless else body})
 
 
 async def _filter_phase(
@@ -354,14 +378,10 @@ async def _proxy(
     state = ctx.upstream_request
     body = request._body
     if state.body is not None:
-        content: Any = _replay(state.body)
         state.headers["content-length"] = str(len(state.body))
         if "transfer-encoding" in state.headers:
             del state.headers["transfer-encoding"]
-    elif body.has_body:
-        content = body.stream()
-    else:
-        content = None
+    content = _request_body(state, body)
     target = state.path + (f"?{state.query_string}" if state.query_string else "")
     engine = gateway.engine_for(service)
     forwarded = _forwarded_headers(ctx, host_header, root_path)
@@ -411,8 +431,10 @@ async def _proxy(
             break
         except UpstreamConnectError as exc:
             ctx.tries[-1]["error"] = str(exc)
-            replayable = content is None or state.body is not None or body.buffered is not None
-            if attempt + 1 < tries and replayable and not body.started:
+            # The next target gets the body again, unless part of a client stream is gone.
+            replayable = state.body is not None or body.buffered is not None or not body.started
+            if attempt + 1 < tries and replayable:
+                content = _request_body(state, body)
                 continue
             await _answer(ctx, _error(ctx, exc.status_code, exc.message), collected, started, send)
             return
@@ -430,6 +452,13 @@ async def _proxy(
 
 async def _replay(content: bytes) -> Any:
     yield content
+
+
+def _request_body(state: UpstreamRequestState, body: _Body) -> Any:
+    """A fresh iterator over the body for one try (None when there is no body)."""
+    if state.body is not None:
+        return _replay(state.body)
+    return body.stream() if body.has_body else None
 
 
 def _upstream_host(
@@ -472,12 +501,18 @@ def _forwarded_headers(ctx: Context, host_header: str, root_path: str) -> list[t
             value = client[name]
         if value:
             out.append((name, value))
+    # Headers the gateway sets replace the client's copies (the Via chain is carried over).
+    passed_on = ctx.upstream_request.headers if ctx.upstream_request is not None else Headers()
     if settings.server_tokens:
         via = ", ".join(client.getlist("via"))
         token = f"1.1 {settings.server_token}"
         out.append(("via", f"{via}, {token}" if via else token))
+        if "via" in passed_on:
+            del passed_on["via"]
     if settings.request_id_upstream:
         out.append(("x-pygateway-request-id", ctx.request_id))
+        if "x-pygateway-request-id" in passed_on:
+            del passed_on["x-pygateway-request-id"]
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in out]
 
 
@@ -488,6 +523,10 @@ async def _relay(
     settings = ctx.gateway.settings
     ctx.upstream_status = upstream.status_code
     headers = Headers(response_headers(upstream.headers))
+    if upstream.status_code in (204, 304) and "content-length" in headers:
+        # No body follows whatever it says (a 304 may give the 200's size), but ASGI servers
+        # take it as the body's length: uvicorn would fail the response and drop the client.
+        del headers["content-length"]
     ctx.response = ResponseState(upstream.status_code, headers, "service")
     if settings.server_tokens:
         via = ", ".join(headers.getlist("via"))

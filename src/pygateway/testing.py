@@ -48,7 +48,7 @@ class EchoUpstream:
 
     Special paths (anywhere after the route prefix is stripped):
 
-    - `/status/<code>`: answer with that status;
+    - `/status/<code>`: answer with that status (204 and 304 with no body);
     - `/bytes/<n>`: a body of n bytes (`?chunk=<size>` streams it in chunks of that size);
     - `/delay/<ms>`: wait before answering.
 
@@ -122,6 +122,12 @@ class EchoUpstream:
             "body_sha256": digest.hexdigest(),
             "client": list(scope["client"]) if scope.get("client") else None,
         }
+        if status in (204, 304):
+            # These have no body (and a 204 no Content-Length): a real server would break
+            # the connection sending one.
+            await send({"type": "http.response.start", "status": status, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
         data = json.dumps(payload).encode()
         await send(
             {

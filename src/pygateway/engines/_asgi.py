@@ -9,7 +9,7 @@ from urllib.parse import unquote
 import anyio
 from anyio.abc import TaskGroup
 
-from .._exceptions import UpstreamProtocolError
+from .._exceptions import UpstreamProtocolError, UpstreamTimeout
 from .._types import ASGIApp, Message
 from ._base import Engine, UpstreamRequest, UpstreamResponse
 
@@ -98,7 +98,11 @@ class ASGIEngine(Engine):
             await task_group.__aexit__(None, None, None)
 
         try:
-            await started.wait()
+            with anyio.fail_after(request.read_timeout):
+                await started.wait()
+        except TimeoutError:
+            await close()
+            raise UpstreamTimeout("ASGI upstream did not start a response in time") from None
         except BaseException:
             await close()
             raise
@@ -108,7 +112,14 @@ class ASGIEngine(Engine):
             raise UpstreamProtocolError(f"ASGI upstream failed: {reason}")
 
         async def stream() -> AsyncIterator[bytes]:
-            async for chunk in chunks_out:
+            while True:
+                try:
+                    with anyio.fail_after(request.read_timeout):
+                        chunk = await chunks_out.receive()
+                except anyio.EndOfStream:
+                    break
+                except TimeoutError:
+                    raise UpstreamTimeout("ASGI upstream sent nothing in time") from None
                 yield chunk
             if failure or not response_done.is_set():
                 raise UpstreamProtocolError("ASGI upstream stopped before the response ended")

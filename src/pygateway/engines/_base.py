@@ -116,8 +116,14 @@ class UpstreamResponse:
         if self._closed:
             return
         self._closed = True
-        if self._on_close is not None:
-            await self._on_close()
+        try:
+            # A stream left half-read is closed now, not whenever it is garbage collected.
+            close_stream = getattr(self.stream, "aclose", None)
+            if close_stream is not None:
+                await close_stream()
+        finally:
+            if self._on_close is not None:
+                await self._on_close()
 
     def __repr__(self) -> str:
         return f"<UpstreamResponse [{self.status_code}]>"

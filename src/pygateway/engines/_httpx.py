@@ -102,8 +102,10 @@ class HttpxEngine(Engine):
             stream = _Body(request.body)
             if not any(k == b"content-length" for k, _ in headers):
                 headers = [*headers, (b"transfer-encoding", b"chunked")]
-        url = httpx.URL(request.url)
-        extensions: dict[str, Any] = {}
+        # httpx would normalize dot segments and re-quote the target; httpcore's `target`
+        # extension sends it byte for byte.
+        url = httpx.URL(scheme=request.scheme, host=request.host, port=request.port, path="/")
+        extensions: dict[str, Any] = {"target": request.target}
         if request.server_name and request.server_name != request.host:
             extensions["sni_hostname"] = request.server_name
         extensions["timeout"] = {

@@ -38,13 +38,23 @@ def demo_gateway() -> Any:
 
     return Gateway(
         services=[
-            Service(name="echo", url="http://echo.local/", routes=[
-                Route(name="echo", paths=["/echo"]),
-                Route(name="users", paths=["~/users/(?<user_id>\\d+)$"], strip_path=False),
-                Route(name="blocked", paths=["/blocked"], plugins=[
-                    plugins.RequestTermination(status_code=403, message="Blocked by the demo"),
-                ]),
-            ]),
+            Service(
+                name="echo",
+                url="http://echo.local/",
+                routes=[
+                    Route(name="echo", paths=["/echo"]),
+                    Route(name="users", paths=["~/users/(?<user_id>\\d+)$"], strip_path=False),
+                    Route(
+                        name="blocked",
+                        paths=["/blocked"],
+                        plugins=[
+                            plugins.RequestTermination(
+                                status_code=403, message="Blocked by the demo"
+                            ),
+                        ],
+                    ),
+                ],
+            ),
         ],
         engines={"echo.local": echo_engine()},
     )
@@ -69,12 +79,16 @@ def _serve(app: Any, host: str, port: int, workers: int, log_level: str) -> int:
     try:
         import uvicorn
     except ImportError:
-        print("pygateway: serving needs uvicorn: pip install 'pygateway[server]'",
-              file=sys.stderr)
+        print("pygateway: serving needs uvicorn: pip install 'pygateway[server]'", file=sys.stderr)
         return 2
     options: dict[str, Any] = {
-        "host": host, "port": port, "log_level": log_level, "lifespan": "on",
-        "proxy_headers": False, "server_header": False, "access_log": False,
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "lifespan": "on",
+        "proxy_headers": False,
+        "server_header": False,
+        "access_log": False,
     }
     if workers > 1:
         uvicorn.run("pygateway._cli:app_from_env", factory=True, workers=workers, **options)
@@ -83,16 +97,22 @@ def _serve(app: Any, host: str, port: int, workers: int, log_level: str) -> int:
     return 0
 
 
-def _port_free(host: str, port: int) -> bool:
+def _bind_error(host: str, port: int) -> str | None:
+    """Why host:port cannot be listened on, or None if it can."""
+    import errno
     import socket
 
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
-        except OSError:
-            return False
-    return True
+        except OverflowError:
+            return "the port must be 0-65535"
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return "the address is in use"
+            return exc.strerror or str(exc)
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -140,9 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     host, port = args.host, args.port
-    if not _port_free(host, port):
-        print(f"pygateway: cannot listen on {host}:{port}: the address is in use",
-              file=sys.stderr)
+    bind_error = _bind_error(host, port)
+    if bind_error is not None:
+        print(f"pygateway: cannot listen on {host}:{port}: {bind_error}", file=sys.stderr)
         return 1
     if args.command == "demo":
         print(_DEMO_HELP.format(host=host, port=port), flush=True)

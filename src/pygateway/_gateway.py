@@ -207,6 +207,7 @@ class Gateway:
         for engine in {id(e): e for e in (self.engine, *self.engines.values())}.values():
             await engine.aclose()
         self._started = False
+        self._starting = None  # the lock belongs to this event loop; a restart may use another
 
     async def __aenter__(self) -> Gateway:
         await self.start()
@@ -260,7 +261,11 @@ def _configuration(**entities: Iterable[Any]) -> Configuration:
     return config
 
 
-async def _lifespan(gateway: Gateway, receive: Receive, send: Send) -> None:
+async def _lifespan(
+    gateway: Gateway, receive: Receive, send: Send, *, startup_received: bool = False
+) -> None:
+    if startup_received:  # a wrapped app took the startup message, then failed
+        await send({"type": "lifespan.startup.complete"})
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
@@ -303,9 +308,11 @@ class GatewayMiddleware:
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         gateway = self.gateway
         startup_failed: list[str] = []
+        seen: list[str] = []
 
         async def wrapped_receive() -> Message:
             message = await receive()
+            seen.append(message["type"])
             if message["type"] == "lifespan.startup":
                 try:
                     await gateway.start()
@@ -314,6 +321,7 @@ class GatewayMiddleware:
             return message
 
         async def wrapped_send(message: Message) -> None:
+            seen.append(message["type"])
             if message["type"] == "lifespan.startup.complete" and startup_failed:
                 message = {"type": "lifespan.startup.failed", "message": startup_failed[0]}
             elif message["type"] == "lifespan.shutdown.complete":
@@ -323,5 +331,7 @@ class GatewayMiddleware:
         try:
             await self.app(scope, wrapped_receive, wrapped_send)
         except Exception:
+            if any(t.startswith("lifespan.") and t != "lifespan.startup" for t in seen):
+                raise  # the app speaks lifespan and failed in it: the server reports that
             # The wrapped app does not speak lifespan: run the gateway's own.
-            await _lifespan(gateway, receive, send)
+            await _lifespan(gateway, receive, send, startup_received="lifespan.startup" in seen)

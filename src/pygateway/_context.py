@@ -198,6 +198,7 @@ class Context:
         "request",
         "request_id",
         "response",
+        "response_sent",
         "route",
         "service",
         "shared",
@@ -221,6 +222,8 @@ class Context:
         self.matched_prefix = ""
         self.upstream_request: UpstreamRequestState | None = None
         self.response: ResponseState | None = None
+        #: True once the last part of the response was handed to the server.
+        self.response_sent = False
         self.upstream_status: int | None = None
         #: Shared by every plugin during this request (Kong's `kong.ctx.shared`).
         self.shared: dict[str, Any] = {}

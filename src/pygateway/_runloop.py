@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import anyio
+import anyio.lowlevel
 
 from ._context import ClientDisconnect, Context, Request, ResponseState, UpstreamRequestState, _Body
 from ._exceptions import UpstreamConnectError, UpstreamError
@@ -210,9 +211,15 @@ async def handle_http(
         assert ctx.service is not None
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_watch_disconnect, body, receive, tg.cancel_scope, ctx)
+                watch = _DisconnectWatch(body, receive, tg.cancel_scope, ctx)
+                tg.start_soon(watch.run)
                 await _proxy(ctx, ctx.service, collected, started, host_header, root_path, send)
-                tg.cancel_scope.cancel()
+                if not watch.finished:
+                    # Servers answer receive() with http.disconnect once the response is
+                    # complete, which ends the watch cheaply; cancel it only if it lingers.
+                    await anyio.lowlevel.checkpoint()
+                    if not watch.finished:
+                        tg.cancel_scope.cancel()
         except* (ClientDisconnect, OSError):
             # The client went away (while we read its body, or sent to it).
             ctx.shared["client_disconnected"] = True
@@ -277,19 +284,34 @@ def _ms(since: float) -> int:
     return int((time.perf_counter() - since) * 1000)
 
 
-async def _watch_disconnect(
-    body: _Body, receive: Receive, scope: anyio.CancelScope, ctx: Context
-) -> None:
+class _DisconnectWatch:
     """Cancel the upstream exchange if the client goes away (once its body was read)."""
-    if not body.complete:
-        body.done = anyio.Event()
-        await body.done.wait()
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            ctx.shared["client_disconnected"] = True
-            scope.cancel()
-            return
+
+    __slots__ = ("body", "ctx", "finished", "receive", "scope")
+
+    def __init__(
+        self, body: _Body, receive: Receive, scope: anyio.CancelScope, ctx: Context
+    ) -> None:
+        self.body = body
+        self.receive = receive
+        self.scope = scope
+        self.ctx = ctx
+        self.finished = False
+
+    async def run(self) -> None:
+        try:
+            if not self.body.complete:
+                self.body.done = anyio.Event()
+                await self.body.done.wait()
+            while True:
+                message = await self.receive()
+                if message["type"] == "http.disconnect":
+                    if not self.ctx.response_sent:
+                        self.ctx.shared["client_disconnected"] = True
+                        self.scope.cancel()
+                    return
+        finally:
+            self.finished = True
 
 
 async def _answer(
@@ -321,6 +343,7 @@ async def _answer(
     if not bodyless:
         headers["content-length"] = str(len(body))
     await send({"type": "http.response.start", "status": status, "headers": headers.raw})
+    ctx.response_sent = True
     await send({"type": "http.response.body", "body": b"" if bodyless else body})
 
 
@@ -561,6 +584,7 @@ async def _relay(
                 "headers": headers.raw,
             }
         )
+        ctx.response_sent = True
         await send({"type": "http.response.body", "body": data})
         return
     for plugin in collected:
@@ -586,6 +610,7 @@ async def _relay(
     tail = b""
     for plugin in filters:
         tail = await _filter_phase(ctx, plugin, plugin.body_filter, ctx, tail, True) or b""
+    ctx.response_sent = True
     await send({"type": "http.response.body", "body": tail})
 
 

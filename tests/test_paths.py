@@ -22,7 +22,7 @@ from pygateway.routing._paths import (
     translate_regex,
 )
 
-NESTED = "nested unbounded repetition"
+NESTED = "nested repetition"
 
 # -- normalize_path ------------------------------------------------------------------------
 
@@ -321,3 +321,23 @@ def test_atomic_groups_and_possessive_repeats_are_refused_as_kong_does(pattern: 
 def test_an_invalid_regex_is_reported_as_the_user_wrote_it() -> None:
     with pytest.raises(gw.ConfigurationError, match=r"invalid regex: '/\(\?<id>"):
         gw.Route(paths=["~/(?<id>\\d+"])
+
+
+@pytest.mark.parametrize("pattern", [r"/(.*a){20}$", r"/(a+b?){2,5}$"])
+def test_a_bounded_repeat_of_a_variable_length_group_is_refused_like_an_unbounded_one(
+    pattern: str,
+) -> None:
+    with pytest.raises(gw.ConfigurationError, match="nested repetition"):
+        gw.Route(paths=["~" + pattern])
+
+
+def test_three_repeats_in_a_row_that_can_match_the_same_text_are_refused() -> None:
+    with pytest.raises(gw.ConfigurationError, match="three or more repeats"):
+        gw.Route(paths=["~/.*.*.*.*=$"])
+
+
+@pytest.mark.parametrize(
+    "pattern", [r"/api/.*/v1/.*", r"/(\d{1,3}\.){3}\d+$", r"/x/[a-z]+-[0-9]+-.*$"]
+)
+def test_repeats_separated_by_delimiters_or_only_two_in_a_row_are_accepted(pattern: str) -> None:
+    gw.Route(paths=["~" + pattern])

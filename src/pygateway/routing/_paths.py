@@ -90,6 +90,9 @@ def check_regex(pattern: str, shown: str | None = None) -> str | None:
 
 
 def _check_tree(items: Any) -> str | None:
+    reason = _competing_repeats(items)
+    if reason:
+        return reason
     for op, av in items:
         name = str(op)
         if name in ("ASSERT", "ASSERT_NOT"):
@@ -100,11 +103,11 @@ def _check_tree(items: Any) -> str | None:
             return "atomic groups and possessive repeats are not supported (as in Kong 3)"
         if name in ("MAX_REPEAT", "MIN_REPEAT"):
             _, high, sub = av
-            unbounded = high == _MAXREPEAT or high > 100
-            if unbounded and not _delimited(sub):
+            # Bounded repeats count too: `(.*a){20}` is as bad as `(.*a)+`.
+            if high > 1 and not _delimited(sub):
                 if _can_repeat(sub):
                     return (
-                        "nested unbounded repetition (like '(a+)+') could backtrack "
+                        "nested repetition (like '(a+)+' or '(.*a){20}') could backtrack "
                         "catastrophically; rewrite it without the outer or inner repeat"
                     )
                 if _overlapping_branches(sub):
@@ -129,6 +132,30 @@ def _check_tree(items: Any) -> str | None:
             reason = _check_tree(av)
             if reason:
                 return reason
+    return None
+
+
+def _competing_repeats(items: Any) -> str | None:
+    """Three or more unbounded repeats in a row that can match the same characters (like
+    `.*.*.*x`) backtrack polynomially: n^3 steps and more on a failing path."""
+    open_sets: list[frozenset[int]] = []
+    for node in items:
+        op, av = node
+        name = str(op)
+        if name in ("MAX_REPEAT", "MIN_REPEAT") and av[1] == _MAXREPEAT:
+            chars = frozenset(c for c in _SAMPLE if any(_may_match(n, c) for n in av[2]))
+            competing = [o for o in open_sets if o & chars]
+            if len(competing) >= 2:
+                return (
+                    "three or more repeats in a row that can match the same text (like "
+                    "'.*.*.*') could backtrack catastrophically; anchor them with literals "
+                    "they cannot match"
+                )
+            open_sets.append(chars)
+        elif name in ("LITERAL", "IN", "NOT_LITERAL", "ANY"):
+            chars = frozenset(c for c in _SAMPLE if _may_match(node, c))
+            # A repeat that cannot match this mandatory character must stop before it.
+            open_sets = [o for o in open_sets if o & chars]
     return None
 
 

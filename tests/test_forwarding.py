@@ -295,7 +295,7 @@ def test_trusted_ips_reject_what_is_not_an_address_or_range() -> None:
 
 
 def test_trusted_ips_may_be_one_comma_separated_string() -> None:
-    gateway = gw.Gateway(trusted_ips="10.0.0.0/8, 192.0.2.1")  # type: ignore[arg-type]
+    gateway = gw.Gateway(trusted_ips="10.0.0.0/8, 192.0.2.1")
     assert gateway.settings.trusted_ips.contains("192.0.2.1")
     assert gateway.settings.trusted_ips.contains("10.1.1.1")
 
@@ -395,3 +395,82 @@ async def test_the_headers_setting_switches_the_gateways_headers(enabled: list[s
 def test_the_headers_setting_rejects_unknown_tokens() -> None:
     with pytest.raises(gw.ConfigurationError, match="invalid value: bogus"):
         gateway_for(headers=["bogus"])
+
+
+# -- the port the connection arrived on ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "server", "port"),
+    [
+        (b"api.example:9443", ("api.example", 8000), "8000"),  # the connection's, not Host's
+        (b"api.example:9443", None, "9443"),  # no server address: the Host header's
+        (b"api.example", None, "80"),  # neither: the scheme's default
+    ],
+)
+async def test_x_forwarded_port_is_the_port_the_connection_arrived_on(
+    host: bytes, server: tuple[str, int] | None, port: str
+) -> None:
+    engine = capturing()
+    gateway = gateway_for(engine)
+    result = await call_asgi(gateway, "/api/x", headers=[(b"host", host)], server=server)
+    assert result.status == 200
+    sent = dict((k.decode(), v.decode()) for k, v in engine.requests[-1].headers)
+    assert sent["x-forwarded-port"] == port
+
+
+@pytest.mark.parametrize(("server_port", "status"), [(9443, 200), (8000, 404)])
+async def test_a_host_port_route_matches_the_port_the_connection_arrived_on(
+    server_port: int, status: int
+) -> None:
+    gateway = gateway_for(route={"hosts": ["api.example:9443"], "paths": ["/admin"]})
+    result = await call_asgi(
+        gateway,
+        "/admin",
+        headers=[(b"host", b"api.example:9443")],
+        server=("api.example", server_port),
+    )
+    assert result.status == status
+
+
+# -- headers a plugin or the client must not be able to forge ------------------------------
+
+
+async def test_forwarding_headers_a_plugin_sets_are_replaced_by_the_gateways() -> None:
+    @attrs.frozen
+    class Claims(gw.Plugin):
+        name: ClassVar[str] = "forwarding-test-claims"
+
+        async def access(self, ctx: gw.Context) -> None:
+            assert ctx.upstream_request is not None
+            for name in ("X-Forwarded-For", "X-Real-IP", "X-Forwarded-Proto", "Via"):
+                ctx.upstream_request.headers[name] = "plugin"
+            ctx.upstream_request.headers["X-Pygateway-Request-Id"] = "plugin"
+
+    sent = await forwarded(gateway_for(route={"paths": ["/api"], "plugins": [Claims()]}))
+    assert sent["x-forwarded-for"] == [PEER]
+    assert sent["x-real-ip"] == [PEER]
+    assert sent["x-forwarded-proto"] == ["http"]
+    assert sent["via"] == [f"1.1 pygateway/{gw.__version__}"]
+    assert len(sent["x-pygateway-request-id"]) == 1
+    assert sent["x-pygateway-request-id"] != ["plugin"]
+
+
+UNDERSCORED = [
+    (b"x_consumer_username", b"admin"),
+    (b"x_consumer_id", b"0f0e0d0c"),
+    (b"x_credential_identifier", b"stolen"),
+    (b"x_anonymous_consumer", b"false"),
+    (b"x_forwarded_for", b"203.0.113.9"),
+    (b"x_forwarded_proto", b"https"),
+    (b"x_real_ip", b"203.0.113.9"),
+]
+
+
+async def test_underscored_spellings_of_gateway_and_consumer_headers_are_dropped() -> None:
+    # WSGI/CGI upstreams read `X_Consumer_Username` as HTTP_X_CONSUMER_USERNAME, the same
+    # variable as the gateway's X-Consumer-Username.
+    sent = await forwarded(gateway_for(), headers=[*UNDERSCORED, (b"x_kept_header", b"yes")])
+    for name, _ in UNDERSCORED:
+        assert name.decode() not in sent
+    assert sent["x_kept_header"] == ["yes"]

@@ -906,3 +906,441 @@ async def test_a_client_leaving_mid_body_stops_the_upload(
     assert contexts[0].response is not None
     assert contexts[0].response.status_code == 499
     assert raw_server.received == []  # the upstream never got a whole request
+
+
+# -- HTTP/2 and HTTP/3 request bodies ------------------------------------------------------
+
+
+class BodyRecorder(gw.engines.Engine):
+    """Records, per request, whether a body was given, the headers and the body's bytes."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[bool, list[tuple[bytes, bytes]], bytes]] = []
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        had_body = request.body is not None
+        content = await request.read()
+        self.seen.append((had_body, list(request.headers), content))
+        return UpstreamResponse(200, content=b"ok")
+
+
+async def call_h2(
+    app: Any,
+    method: str,
+    messages: list[dict[str, Any]],
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> int:
+    """One HTTP/2 request as a server hands it over (no Content-Length needed)."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "2",
+        "method": method,
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"gateway.test"), *(headers or [])],
+        "client": ("127.0.0.1", 5000),
+        "server": ("gateway.test", 80),
+    }
+    pending = list(messages)
+    done = anyio.Event()
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            return pending.pop(0)
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif not message.get("more_body", False):
+            done.set()
+
+    with anyio.fail_after(5):
+        await app(scope, receive, send)
+    return status
+
+
+def _framing(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [(k, v) for k, v in headers if k in (b"content-length", b"transfer-encoding")]
+
+
+async def test_an_http2_request_body_without_content_length_reaches_the_upstream() -> None:
+    engine = BodyRecorder()
+    status = await call_h2(
+        one_route(engine),
+        "POST",
+        [
+            {"type": "http.request", "body": b'{"a":', "more_body": True},
+            {"type": "http.request", "body": b"1}", "more_body": True},
+            {"type": "http.request", "body": b"", "more_body": False},
+        ],
+    )
+    assert status == 200
+    [(had_body, headers, content)] = engine.seen
+    assert had_body
+    assert content == b'{"a":1}'
+    assert _framing(headers) == []  # streamed: the engine sends it chunked
+
+
+async def test_an_http2_request_without_a_body_goes_upstream_without_one() -> None:
+    engine = BodyRecorder()
+    status = await call_h2(
+        one_route(engine), "GET", [{"type": "http.request", "body": b"", "more_body": False}]
+    )
+    assert status == 200
+    [(had_body, headers, content)] = engine.seen
+    assert not had_body
+    assert _framing(headers) == []
+    assert content == b""
+
+
+async def test_an_http2_request_with_a_content_length_keeps_it() -> None:
+    engine = BodyRecorder()
+    status = await call_h2(
+        one_route(engine),
+        "PUT",
+        [{"type": "http.request", "body": b"data", "more_body": False}],
+        headers=[(b"content-length", b"4")],
+    )
+    assert status == 200
+    [(had_body, headers, content)] = engine.seen
+    assert had_body
+    assert _framing(headers) == [(b"content-length", b"4")]
+    assert content == b"data"
+
+
+# -- what plugins set on the upstream request ----------------------------------------------
+
+
+@attrs.frozen
+class SetsUpstream(gw.Plugin):
+    """Sets upstream headers, path, query or body, as a request-transformer would."""
+
+    name: ClassVar[str] = "proxy-test-sets-upstream"
+    headers: tuple[tuple[str, str], ...] = ()
+    path: str | None = None
+    query: str | None = None
+    body: bytes | None = None
+
+    async def access(self, ctx: gw.Context) -> None:
+        state = ctx.upstream_request
+        assert state is not None
+        for name, value in self.headers:
+            state.headers[name] = value
+        if self.path is not None:
+            state.path = self.path
+        if self.query is not None:
+            state.query_string = self.query
+        if self.body is not None:
+            state.body = self.body
+
+
+async def test_a_host_header_a_plugin_sets_is_the_upstream_host() -> None:
+    engine = capturing()
+    plugin = SetsUpstream(headers=(("Host", "internal.example"),))
+    result = await call_asgi(one_route(engine, plugins=[plugin]), "/")
+    assert result.status == 200
+    assert sent_headers(engine)["host"] == ["internal.example"]
+
+
+@pytest.mark.parametrize(
+    ("method", "client_headers", "body", "replaced", "expected"),
+    [
+        ("GET", [], None, None, []),
+        ("POST", [(b"content-length", b"4")], [b"data"], None, [(b"content-length", b"4")]),
+        ("POST", [(b"content-length", b"4")], [b"data"], b"other", [(b"content-length", b"5")]),
+        ("POST", [(b"transfer-encoding", b"chunked")], [b"da", b"ta"], None, []),
+    ],
+    ids=["no-body", "client-length", "replaced-body", "client-chunked"],
+)
+async def test_upstream_framing_comes_from_the_body_not_from_headers_plugins_set(
+    method: str,
+    client_headers: list[tuple[bytes, bytes]],
+    body: list[bytes] | None,
+    replaced: bytes | None,
+    expected: list[tuple[bytes, bytes]],
+) -> None:
+    engine = capturing()
+    plugin = SetsUpstream(
+        headers=(("Content-Length", "3"), ("Transfer-Encoding", "gzip")), body=replaced
+    )
+    gateway = one_route(engine, plugins=[plugin])
+    result = await call_asgi(gateway, "/", method=method, headers=client_headers, body=body)
+    assert result.status == 200
+    assert _framing(list(engine.requests[0].headers)) == expected
+
+
+async def test_a_chunked_body_a_plugin_read_goes_upstream_with_its_length() -> None:
+    @attrs.frozen
+    class ReadsBody(gw.Plugin):
+        name: ClassVar[str] = "proxy-test-reads-chunked-body"
+
+        async def access(self, ctx: gw.Context) -> None:
+            await ctx.request.body()
+
+    engine = capturing()
+    result = await call_asgi(
+        one_route(engine, plugins=[ReadsBody()]),
+        "/",
+        method="POST",
+        headers=[(b"transfer-encoding", b"chunked")],
+        body=[b"hel", b"lo"],
+    )
+    assert result.status == 200
+    assert _framing(list(engine.requests[0].headers)) == [(b"content-length", b"5")]
+    assert engine.requests[0].content == b"hello"
+
+
+async def test_a_plugin_answer_loses_its_hop_by_hop_and_framing_headers() -> None:
+    @attrs.frozen
+    class Answers(gw.Plugin):
+        name: ClassVar[str] = "proxy-test-answers-with-hop-by-hop"
+
+        async def access(self, ctx: gw.Context) -> gw.Response:
+            return gw.Response(
+                200,
+                b"hi",
+                headers={
+                    "Transfer-Encoding": "chunked",
+                    "Connection": "close, X-Private",
+                    "Keep-Alive": "timeout=5",
+                    "X-Private": "secret",
+                    "X-Kept": "yes",
+                },
+            )
+
+    result = await call_asgi(one_route(plugins=[Answers()]), "/")
+    assert result.status == 200
+    names = [k for k, _ in result.headers]
+    for name in (b"transfer-encoding", b"connection", b"keep-alive", b"x-private"):
+        assert name not in names
+    assert result.header_list("content-length") == ["2"]
+    assert result.header("x-kept") == "yes"
+    assert result.body == b"hi"
+
+
+@pytest.mark.parametrize(
+    ("path", "target"),
+    [
+        ("/café/é", b"/caf%C3%A9/%C3%A9"),
+        ("/名前", b"/%E5%90%8D%E5%89%8D"),
+        ("/a b?admin=1#x", b"/a%20b%3Fadmin=1%23x"),
+        ("/line\r\nbreak", b"/line%0D%0Abreak"),
+        ("/kept%2Fescape", b"/kept%2Fescape"),
+        ("/100%", b"/100%25"),
+        ("relative", b"/relative"),
+    ],
+)
+async def test_a_path_a_plugin_sets_is_percent_encoded(path: str, target: bytes) -> None:
+    engine = capturing()
+    result = await call_asgi(one_route(engine, plugins=[SetsUpstream(path=path)]), "/")
+    assert result.status == 200
+    assert engine.requests[0].target == target
+
+
+@pytest.mark.parametrize(
+    ("query", "sent"),
+    [
+        ("q=é b#frag", b"q=%C3%A9%20b%23frag"),
+        ("a=1\r\nX-Injected: 1", b"a=1%0D%0AX-Injected:%201"),
+        ("a=%2F&b=c=d&e", b"a=%2F&b=c=d&e"),
+    ],
+)
+async def test_a_query_a_plugin_sets_is_percent_encoded(query: str, sent: bytes) -> None:
+    engine = capturing()
+    result = await call_asgi(one_route(engine, plugins=[SetsUpstream(query=query)]), "/")
+    assert result.status == 200
+    assert engine.requests[0].target == b"/?" + sent
+
+
+# -- configuration swaps -------------------------------------------------------------------
+
+
+async def test_a_request_keeps_the_configuration_it_started_with() -> None:
+    def configuration(*upstreams: gw.Upstream) -> gw.Configuration:
+        return gw.Configuration(
+            services=[
+                gw.Service(name="svc", host="pool", retries=1, routes=[gw.Route(paths=["/"])])
+            ],
+            upstreams=list(upstreams),
+        )
+
+    def handler(request: UpstreamRequest) -> UpstreamResponse:
+        if len(engine.requests) == 1:
+            # Mid-request, the upstream is removed; the retry still uses the old one.
+            gateway.configure(configuration())
+            raise gw.UpstreamConnectError("refused by the test")
+        return UpstreamResponse(200, content=b"ok")
+
+    engine = MockEngine(handler)
+    first = configuration(gw.Upstream(name="pool", targets=[gw.Target("10.0.0.5:8080")]))
+    gateway = gw.Gateway(services=first.services, upstreams=first.upstreams, engine=engine)
+    result = await call_asgi(gateway, "/")
+    assert result.status == 200
+    assert [(r.host, r.port) for r in engine.requests] == [("10.0.0.5", 8080)] * 2
+
+
+# -- falling through GatewayMiddleware -----------------------------------------------------
+
+
+async def test_the_app_behind_the_middleware_gets_a_body_a_rewrite_plugin_read() -> None:
+    @attrs.frozen
+    class ChecksBody(gw.Plugin):
+        name: ClassVar[str] = "proxy-test-checks-body"
+
+        async def rewrite(self, ctx: gw.Context) -> None:
+            await ctx.request.body()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                body += b"<disconnect>"
+                break
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"app got " + body})
+
+    gateway = gw.Gateway(
+        services=[gw.Service(host="upstream.test", routes=[gw.Route(paths=["/api"])])],
+        engine=capturing(),
+        plugins=[ChecksBody()],
+    )
+    with anyio.fail_after(5):
+        result = await call_asgi(
+            gw.GatewayMiddleware(app, gateway),
+            "/elsewhere",
+            method="POST",
+            headers=[(b"content-length", b"5")],
+            body=[b"hello"],
+        )
+    assert result.status == 200
+    assert result.body == b"app got hello"
+
+
+# -- framing of bodyless responses ---------------------------------------------------------
+
+
+@attrs.frozen
+class BuffersResponse(gw.Plugin):
+    name: ClassVar[str] = "proxy-test-buffers-response"
+
+    async def response(self, ctx: gw.Context) -> None:
+        pass
+
+
+def _bodyless_upstream(request: UpstreamRequest) -> UpstreamResponse:
+    target = request.target.decode()
+    if target.startswith("/204"):
+        return UpstreamResponse(204, [])
+    if target.startswith("/304"):
+        # A 304 may carry the length of the 200 it stands for.
+        return UpstreamResponse(304, [(b"content-length", b"1234"), (b"etag", b'"x"')])
+    return UpstreamResponse(
+        200,
+        [(b"content-length", b"5")],
+        content=b"" if request.method == "HEAD" else b"hello",
+    )
+
+
+@pytest.mark.parametrize("buffered", [False, True], ids=["streamed", "response-phase"])
+@pytest.mark.parametrize(
+    ("method", "path", "status", "length"),
+    [("GET", "/204", 204, None), ("GET", "/304", 304, None), ("HEAD", "/x", 200, "5")],
+)
+async def test_bodyless_responses_are_framed_alike_streamed_or_buffered(
+    buffered: bool, method: str, path: str, status: int, length: str | None
+) -> None:
+    plugins = [BuffersResponse()] if buffered else []
+    gateway = one_route(MockEngine(_bodyless_upstream), strip_path=False, plugins=plugins)
+    result = await call_asgi(gateway, path, method=method)
+    assert result.status == status
+    assert result.header_list("content-length") == ([length] if length else [])
+    assert result.body == b""
+    assert result.complete
+
+
+@pytest.mark.parametrize("buffered", [False, True], ids=["streamed", "response-phase"])
+async def test_a_status_a_header_filter_makes_bodyless_sends_no_body(buffered: bool) -> None:
+    @attrs.frozen
+    class NoContent(gw.Plugin):
+        name: ClassVar[str] = "proxy-test-no-content"
+
+        async def header_filter(self, ctx: gw.Context) -> None:
+            assert ctx.response is not None
+            ctx.response.status_code = 204
+
+    plugins: list[gw.Plugin] = [NoContent()]
+    if buffered:
+        plugins.append(BuffersResponse())
+    gateway = one_route(MockEngine(_bodyless_upstream), strip_path=False, plugins=plugins)
+    result = await call_asgi(gateway, "/x")
+    assert result.status == 204
+    assert result.header("content-length") is None
+    assert result.body == b""
+    assert result.complete
+
+
+async def test_a_head_answer_from_a_plugin_states_its_length_without_a_body() -> None:
+    @attrs.frozen
+    class Answers(gw.Plugin):
+        name: ClassVar[str] = "proxy-test-answers-head"
+
+        async def access(self, ctx: gw.Context) -> gw.Response:
+            return gw.Response(200, b"twelve bytes")
+
+    result = await call_asgi(one_route(plugins=[Answers()]), "/", method="HEAD")
+    assert result.status == 200
+    assert result.header_list("content-length") == ["12"]
+    assert result.body == b""
+
+
+# -- https-only routes ---------------------------------------------------------------------
+
+
+async def test_an_https_redirect_keeps_the_mount_point() -> None:
+    gateway = one_route(paths=["/users"], protocols=["https"], https_redirect_status_code=301)
+    result = await call_asgi(
+        gateway, "/api/users/1", root_path="/api", query=b"a=1", headers=[(b"host", b"gw.test")]
+    )
+    assert result.status == 301
+    assert result.header("location") == "https://gw.test/api/users/1?a=1"
+
+
+async def test_an_https_only_route_over_http_runs_only_the_global_plugins() -> None:
+    ran: list[str] = []
+
+    @attrs.frozen
+    class Notes(gw.Plugin):
+        name: ClassVar[str] = "proxy-test-notes"
+        where: str = ""
+
+        async def header_filter(self, ctx: gw.Context) -> None:
+            ran.append(f"{self.where} header_filter")
+
+        async def log(self, ctx: gw.Context) -> None:
+            ran.append(f"{self.where} log")
+
+    gateway = gw.Gateway(
+        services=[
+            gw.Service(
+                host="upstream.test",
+                routes=[gw.Route(paths=["/"], protocols=["https"], plugins=[Notes("route")])],
+            )
+        ],
+        plugins=[Notes("global")],
+        engine=capturing(),
+    )
+    result = await call_asgi(gateway, "/x")
+    assert result.status == 426
+    assert ran == ["global header_filter", "global log"]

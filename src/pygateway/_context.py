@@ -15,11 +15,12 @@ from urllib.parse import parse_qsl
 import anyio
 
 from ._headers import Headers
-from ._types import Receive
+from ._types import Message, Receive
 
 if TYPE_CHECKING:
     from ._entities import Consumer, Credential, Route, Service
     from ._gateway import Gateway
+    from ._snapshot import Snapshot
     from .plugins._base import Plugin
 
 __all__ = ["ClientDisconnect", "Context", "Request", "ResponseState", "UpstreamRequestState"]
@@ -35,41 +36,108 @@ CONSUMER_HEADERS = (
 
 
 class ClientDisconnect(Exception):
-    """The client went away while its request body was being read."""
+    """The client went away (while its request body was read, or the response was sent)."""
 
 
 class _Body:
-    """The client's request body, read from ASGI `receive` once: streamed or buffered."""
+    """The client's request body, read from ASGI `receive` once: streamed or buffered.
 
-    __slots__ = ("buffered", "complete", "done", "has_body", "receive", "started")
+    `has_body` is None when only the first `http.request` message can tell (HTTP/2 and
+    HTTP/3 requests need no Content-Length): `probe()` reads it.
+    """
 
-    def __init__(self, receive: Receive, has_body: bool) -> None:
+    __slots__ = (
+        "buffered",
+        "complete",
+        "disconnected",
+        "done",
+        "first",
+        "has_body",
+        "length",
+        "receive",
+        "released",
+        "started",
+    )
+
+    def __init__(
+        self, receive: Receive, has_body: bool | None, length: bytes | None = None
+    ) -> None:
         self.receive = receive
         self.has_body = has_body
-        self.buffered: bytes | None = None if has_body else b""
+        #: The client's Content-Length, when it framed the body with one.
+        self.length = length
+        self.buffered: bytes | None = b"" if has_body is False else None
         self.started = False
-        self.complete = not has_body
-        #: Set by whoever waits for the body to be read completely.
+        self.complete = has_body is False
+        #: The upstream answered without reading the body: nobody will read it now.
+        self.released = False
+        #: The client went away while the body was read (an engine may report that as
+        #: an upstream failure: it is not one).
+        self.disconnected = False
+        #: The first message, read by `probe()` and not streamed yet.
+        self.first: Message | None = None
+        #: Set once the body was read completely, or released (see `settled`).
         self.done: anyio.Event | None = None
+
+    @property
+    def settled(self) -> bool:
+        """Nothing will read from `receive` for the body any more."""
+        return self.complete or self.released
+
+    def _finish(self) -> None:
+        self.complete = True
+        if self.done is not None:
+            self.done.set()
+
+    async def probe(self) -> bool:
+        """Whether there is a body; reads the first message if only that can tell."""
+        if self.has_body is None:
+            if self.buffered is not None:
+                self.has_body = bool(self.buffered)
+            else:
+                message = await self.receive()
+                if message["type"] == "http.disconnect":
+                    self.disconnected = True
+                    raise ClientDisconnect()
+                if message.get("body") or message.get("more_body", False):
+                    self.has_body = True
+                    self.first = message
+                else:
+                    self.has_body = False
+                    self.buffered = b""
+                    self._finish()
+        return self.has_body
+
+    def release(self) -> None:
+        """The upstream answered without starting to read the body: stop waiting for it."""
+        if not self.started and not self.complete and self.buffered is None:
+            self.released = True
+            self.first = None
+            if self.done is not None:
+                self.done.set()
 
     async def stream(self) -> AsyncIterator[bytes]:
         if self.buffered is not None:
             if self.buffered:
                 yield self.buffered
             return
+        if self.released:
+            raise RuntimeError("the request body is gone: the upstream answered without it")
         if self.started:
             raise RuntimeError("the request body was already streamed upstream")
         self.started = True
         while True:
-            message = await self.receive()
+            if self.first is not None:
+                message, self.first = self.first, None
+            else:
+                message = await self.receive()
             if message["type"] == "http.disconnect":
+                self.disconnected = True
                 raise ClientDisconnect()
             chunk = message.get("body", b"")
             more = message.get("more_body", False)
             if not more:
-                self.complete = True
-                if self.done is not None:
-                    self.done.set()
+                self._finish()
             if chunk:
                 yield chunk
             if not more:
@@ -202,6 +270,7 @@ class Context:
         "route",
         "service",
         "shared",
+        "snapshot",
         "started_at",
         "tries",
         "upstream_request",
@@ -209,8 +278,16 @@ class Context:
         "uri_captures",
     )
 
-    def __init__(self, gateway: Gateway, request: Request, request_id: str) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        request: Request,
+        request_id: str,
+        snapshot: Snapshot | None = None,
+    ) -> None:
         self.gateway = gateway
+        #: The configuration this request runs on, start to end (even if it is swapped).
+        self.snapshot = snapshot if snapshot is not None else gateway.snapshot
         self.request = request
         self.request_id = request_id
         self.started_at = time.time()

@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from collections.abc import Iterable
 
 from ._exceptions import ConfigurationError
 from ._types import RawHeaders
 
-__all__ = ["TrustedIPs", "join_upstream_path", "request_headers", "response_headers"]
+__all__ = [
+    "TrustedIPs",
+    "escape_path",
+    "escape_query",
+    "join_upstream_path",
+    "request_headers",
+    "response_headers",
+]
 
 _HOP_BY_HOP = frozenset(
     {
@@ -145,9 +153,17 @@ def _connection_listed(headers: RawHeaders) -> frozenset[bytes]:
     return frozenset(listed)
 
 
+def _forged(name: bytes) -> bool:
+    """A name that WSGI/CGI upstreams read as a gateway-set or consumer identity header
+    (`X_Consumer_Username` and `X-Consumer-Username` are the same `HTTP_X_CONSUMER_USERNAME`)."""
+    alias = name.replace(b"_", b"-")
+    return alias in _GATEWAY_SET or alias.startswith(b"x-consumer-")
+
+
 def request_headers(client: RawHeaders) -> RawHeaders:
     """The client's headers minus hop-by-hop, Connection-listed, gateway-set and consumer
-    identity headers; Content-Length dropped when Transfer-Encoding is present."""
+    identity headers (also when spelled with underscores); Content-Length dropped when
+    Transfer-Encoding is present."""
     listed = _connection_listed(client) if any(k == b"connection" for k, _ in client) else ()
     chunked = any(k == b"transfer-encoding" for k, _ in client)
     out = []
@@ -156,10 +172,41 @@ def request_headers(client: RawHeaders) -> RawHeaders:
             continue
         if k.startswith(b"x-consumer-"):
             continue
+        if b"_" in k and _forged(k):
+            continue
         if chunked and k == b"content-length":
             continue
         out.append((k, v))
     return out
+
+
+# What a request target may carry as is: RFC 3986 pchar and "/" in the path (a "%" only as
+# the start of an escape); in the query anything visible but "#".
+_PATH_UNSAFE = re.compile(r"[^A-Za-z0-9\-._~!$&'()*+,;=:@/%]+|%(?![0-9A-Fa-f]{2})")
+_QUERY_UNSAFE = re.compile(r"[^\x21-\x22\x24-\x7e]+")
+
+
+def _percent(text: str, encoding: str) -> str:
+    return "".join(f"%{b:02X}" for b in text.encode(encoding, "surrogatepass"))
+
+
+def escape_path(path: str) -> str:
+    """An upstream path made safe to send: starts with `/`; characters outside the path's
+    safe set (`?`, `#`, space, controls, non-ASCII...) percent-encoded as UTF-8; `%XX`
+    escapes kept."""
+    if not path.startswith("/"):
+        path = "/" + path
+    if _PATH_UNSAFE.search(path) is None:
+        return path
+    return _PATH_UNSAFE.sub(lambda m: _percent(m.group(0), "utf-8"), path)
+
+
+def escape_query(query: str, encoding: str = "utf-8") -> str:
+    """A query string made safe to send: `#`, space, controls and non-ASCII characters
+    percent-encoded (as `encoding`); everything else (`&`, `=`, `%XX`...) kept."""
+    if _QUERY_UNSAFE.search(query) is None:
+        return query
+    return _QUERY_UNSAFE.sub(lambda m: _percent(m.group(0), encoding), query)
 
 
 def response_headers(upstream: RawHeaders) -> RawHeaders:

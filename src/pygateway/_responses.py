@@ -7,6 +7,7 @@ plain text when the client's `Accept` prefers one of those.
 from __future__ import annotations
 
 import json as _json
+from collections.abc import Iterable, Mapping
 from html import escape as _html_escape
 from typing import Any
 from xml.sax.saxutils import escape as _xml_escape
@@ -24,6 +25,7 @@ class Response:
 
     `Response(403, json={"message": "nope"})`, `Response(200, b"ok", headers={...})`.
     `json=` serializes the value and sets `Content-Type: application/json; charset=utf-8`.
+    `headers` (a mapping, pairs or a `Headers`) is copied: the response owns its headers.
     """
 
     __slots__ = ("body", "headers", "status_code")
@@ -34,10 +36,11 @@ class Response:
         content: bytes | str = b"",
         *,
         json: Any = _MISSING,
-        headers: Headers | RawHeaders | dict[str, str] | None = None,
+        headers: Headers | RawHeaders | Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
     ) -> None:
         self.status_code = status_code
-        self.headers = headers if isinstance(headers, Headers) else Headers(headers)
+        # A copy: the gateway adds its own headers (request id, ...) to this list.
+        self.headers = Headers(headers)
         if json is not _MISSING:
             self.body = _json.dumps(json, separators=(",", ":")).encode()
             if "content-type" not in self.headers:

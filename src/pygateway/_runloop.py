@@ -6,10 +6,16 @@
 
 A plugin that answers early skips the remaining `access` handlers; header_filter, body_filter
 and log of every applicable plugin still run. A plugin that raises becomes a 500.
+
+One error boundary wraps the request: an exception that escapes it becomes an answer while
+nothing was sent (an UpstreamError its 502/504, anything else a logged 500), or leaves a
+started response unfinished; a client that went away is logged as 499; the log phase always
+runs. Only the server's own cancellation propagates.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import time
@@ -23,7 +29,14 @@ import anyio.lowlevel
 from ._context import ClientDisconnect, Context, Request, ResponseState, UpstreamRequestState, _Body
 from ._exceptions import UpstreamConnectError, UpstreamError
 from ._headers import Headers
-from ._proxy import join_upstream_path, real_client_ip, request_headers, response_headers
+from ._proxy import (
+    escape_path,
+    escape_query,
+    join_upstream_path,
+    real_client_ip,
+    request_headers,
+    response_headers,
+)
 from ._responses import ErrorResponse, Response, error_response
 from .engines import UpstreamRequest, UpstreamResponse
 from .routing import normalize_path
@@ -32,7 +45,7 @@ if TYPE_CHECKING:
     from ._entities import Service, Target
     from ._gateway import Gateway
     from ._snapshot import Snapshot
-    from ._types import ASGIApp, Receive, Scope, Send
+    from ._types import ASGIApp, Message, Receive, Scope, Send
     from .plugins._base import Plugin
 
 __all__ = ["handle_http"]
@@ -41,6 +54,7 @@ logger = logging.getLogger("pygateway.runloop")
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _HEX = frozenset("0123456789abcdefABCDEF")
+_FRAMING = (b"content-length", b"transfer-encoding")
 
 
 def _route_path(scope: Scope) -> tuple[str, str, str]:
@@ -87,7 +101,11 @@ def _below_root(raw_path: str, root_path: str) -> str | None:
 
 
 def _host_and_port(scope: Scope, headers: list[tuple[bytes, bytes]]) -> tuple[str, int, str]:
-    """(host without port, port, Host header as sent)."""
+    """(host without port, port the connection arrived on, Host header as sent).
+
+    The port is the server's (Kong matches `net.dst.port`), else the Host header's, else the
+    scheme's default.
+    """
     server = scope.get("server") or ("", None)
     scheme = scope.get("scheme", "http")
     host_header = ""
@@ -108,8 +126,10 @@ def _host_and_port(scope: Scope, headers: list[tuple[bytes, bytes]]) -> tuple[st
             host, port = name, int(p)
     if not host:
         host = str(server[0] or "")
-    if port is None:
-        port = server[1] if server[1] else _DEFAULT_PORTS.get(scheme, 80)
+    if server[1]:
+        port = server[1]
+    elif port is None:
+        port = _DEFAULT_PORTS.get(scheme, 80)
     return host.lower().rstrip("."), int(port), host_header
 
 
@@ -131,11 +151,7 @@ async def handle_http(
     client_ip = real_client_ip(
         peer, headers, settings.trusted_ips, settings.real_ip_header, settings.real_ip_recursive
     )
-    has_body = any(
-        (k == b"content-length" and v.strip() not in (b"0", b"")) or k == b"transfer-encoding"
-        for k, v in headers
-    )
-    body = _Body(receive, has_body)
+    body = _Body(receive, *_body_framing(scope, headers))
     request = Request(
         method=scope.get("method", "GET"),
         scheme=scheme,
@@ -144,27 +160,134 @@ async def handle_http(
         path=path,
         raw_path=raw_path,
         query_string=scope.get("query_string", b"").decode("latin-1"),
-        headers=Headers(headers),
+        headers=Headers.wrap(headers),
         client_ip=client_ip,
         peer_ip=peer,
         body=body,
     )
     request_id = secrets.token_hex(16)
-    ctx = Context(gateway, request, request_id)
+    ctx = Context(gateway, request, request_id, snapshot)
     collected: list[Plugin] = []
+    downstream = _Downstream(send)
+    fall_through = False
+    # The one error boundary of a request: whatever fails becomes an answer if nothing was
+    # sent yet, and the log phase runs in any case.
+    try:
+        fall_through = await _serve(
+            ctx, collected, started, host_header, root_path, downstream, fallback is not None
+        )
+    except anyio.get_cancelled_exc_class():
+        raise
+    except Exception as exc:
+        await _fail(ctx, exc, collected, started, downstream)
+    finally:
+        if not fall_through:
+            if ctx.shared.get("client_disconnected") and not downstream.delivered:
+                ctx.response = ResponseState(499, Headers(), "error")
+            ctx.latencies["request"] = _ms(started)
+            await _log(ctx, collected)
+    if fall_through:
+        assert fallback is not None
+        await fallback(scope, _replay_receive(body, receive), send)
+
+
+def _body_framing(
+    scope: Scope, headers: list[tuple[bytes, bytes]]
+) -> tuple[bool | None, bytes | None]:
+    """(whether the request has a body, or None if only reading it can tell; the client's
+    Content-Length when it framed the body with one)."""
+    length: bytes | None = None
+    chunked = False
+    for k, v in headers:
+        if k == b"content-length":
+            if length is None:
+                length = v.strip()
+        elif k == b"transfer-encoding":
+            chunked = True
+    if chunked:
+        return True, None
+    if length is not None:
+        return length not in (b"0", b""), length
+    if scope.get("http_version", "1.1") in ("1.0", "1.1"):
+        return False, None
+    # HTTP/2 and HTTP/3 need neither header: the first http.request message will tell.
+    return None, None
+
+
+def _replay_receive(body: _Body, receive: Receive) -> Receive:
+    """`receive` for an app the request falls through to, with any body read replayed."""
+    if not body.started:
+        return receive
+    pending: list[Message] = [
+        {"type": "http.request", "body": body.buffered or b"", "more_body": False}
+    ]
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop()
+        return await receive()
+
+    return replay
+
+
+class _Downstream:
+    """The server's `send`, remembering how far the response got; the server failing to
+    send (an OSError: the client's connection is gone) becomes ClientDisconnect."""
+
+    __slots__ = ("delivered", "send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        #: The response started: no other can be sent.
+        self.started = False
+        #: The server took the response's start (the client may have its status).
+        self.delivered = False
+
+    async def __call__(self, message: Message) -> None:
+        start = message["type"] == "http.response.start"
+        if start:
+            self.started = True
+        try:
+            await self.send(message)
+        except OSError as exc:
+            raise ClientDisconnect() from exc
+        if start:
+            self.delivered = True
+
+
+async def _serve(
+    ctx: Context,
+    collected: list[Plugin],
+    started: float,
+    host_header: str,
+    root_path: str,
+    send: _Downstream,
+    can_fall_through: bool,
+) -> bool:
+    """Everything from rewrite to the last byte; True if the request should fall through."""
+    snapshot = ctx.snapshot
+    request = ctx.request
+    settings = ctx.gateway.settings
     answer: Response | None = None
 
     for plugin in snapshot.rewrite_plugins:
-        answer = await _phase(ctx, plugin, plugin.rewrite, ctx)
+        try:
+            answer = await _phase(ctx, plugin, plugin.rewrite, ctx)
+        except ClientDisconnect:
+            # Nobody to answer; the global plugins still log the request.
+            ctx.shared["client_disconnected"] = True
+            collected.extend(snapshot.global_plugins)
+            return False
         if answer is not None:
             break
 
     match = None
     if answer is None:
-        match = snapshot.router.match(request.method, host, port, request.path, headers)
-        if match is None and fallback is not None:
-            await fallback(scope, receive, send)
-            return
+        match = snapshot.router.match(
+            request.method, request.host, request.port, request.path, request.headers.raw
+        )
+        if match is None and can_fall_through:
+            return True
 
     if match is None:
         collected.extend(snapshot.global_plugins)
@@ -176,57 +299,119 @@ async def handle_http(
         ctx.uri_captures = match.captures
         ctx.matched_prefix = match.matched
         if (
-            scheme == "http"
+            request.scheme == "http"
             and "http" not in route.protocols
             and not (
-                settings.trusted_ips.contains(peer)
+                settings.trusted_ips.contains(request.peer_ip)
                 and request.headers.get("x-forwarded-proto", "").lower() == "https"
             )
         ):
-            answer = _https_redirect(ctx, route.https_redirect_status_code, host_header)
-        upstream_path = join_upstream_path(
-            service.path if service else None,
-            path,
-            match.matched,
-            route.strip_path,
-            route.path_handling,
-        )
-        upstream_headers = Headers(request_headers(headers))
-        ctx.upstream_request = UpstreamRequestState(
-            request.method, upstream_path, request.query_string, upstream_headers
-        )
-        for entry in snapshot.plans[id(route)]:
-            resolved = entry.resolve(ctx.consumer.id if ctx.consumer is not None else None)
-            if resolved is None:
-                continue
-            collected.append(resolved)
-            if answer is None and type(resolved).implements("access"):
-                answer = await _phase(ctx, resolved, resolved.access, ctx)
-        if answer is None and service is None:
-            answer = _error(ctx, 503, "no Service found with those values")
+            # Kong answers before collecting the route's plugins: only global ones run.
+            collected.extend(snapshot.global_plugins)
+            answer = _https_redirect(ctx, route.https_redirect_status_code, host_header, root_path)
+        else:
+            upstream_path = join_upstream_path(
+                service.path if service else None,
+                request.path,
+                match.matched,
+                route.strip_path,
+                route.path_handling,
+            )
+            upstream_headers = Headers.wrap(request_headers(request.headers.raw))
+            ctx.upstream_request = UpstreamRequestState(
+                request.method, upstream_path, request.query_string, upstream_headers
+            )
+            gone = False
+            for entry in snapshot.plans[id(route)]:
+                resolved = entry.resolve(ctx.consumer.id if ctx.consumer is not None else None)
+                if resolved is None:
+                    continue
+                collected.append(resolved)
+                if answer is None and not gone and type(resolved).implements("access"):
+                    try:
+                        answer = await _phase(ctx, resolved, resolved.access, ctx)
+                    except ClientDisconnect:
+                        # Nobody to answer; the remaining plugins are still collected, to log.
+                        ctx.shared["client_disconnected"] = True
+                        gone = True
+            if gone:
+                return False
+            if answer is None and service is None:
+                answer = _error(ctx, 503, "no Service found with those values")
 
     if answer is not None:
         await _answer(ctx, answer, collected, started, send)
-    else:
-        assert ctx.service is not None
+        return False
+    assert ctx.service is not None
+    body = request._body
+    failure: Exception | None = None
+    async with anyio.create_task_group() as tg:
+        watch = _DisconnectWatch(body, body.receive, tg.cancel_scope, ctx)
+        tg.start_soon(watch.run)
         try:
-            async with anyio.create_task_group() as tg:
-                watch = _DisconnectWatch(body, receive, tg.cancel_scope, ctx)
-                tg.start_soon(watch.run)
-                await _proxy(ctx, ctx.service, collected, started, host_header, root_path, send)
+            await _proxy(ctx, ctx.service, collected, started, host_header, root_path, send)
+        except Exception as exc:
+            # Raised outside the task group, so the boundary gets it, not an ExceptionGroup.
+            failure = exc
+            tg.cancel_scope.cancel()
+        else:
+            if not watch.finished:
+                # Servers answer receive() with http.disconnect once the response is
+                # complete, which ends the watch cheaply; cancel it only if it lingers.
+                await anyio.lowlevel.checkpoint()
                 if not watch.finished:
-                    # Servers answer receive() with http.disconnect once the response is
-                    # complete, which ends the watch cheaply; cancel it only if it lingers.
-                    await anyio.lowlevel.checkpoint()
-                    if not watch.finished:
-                        tg.cancel_scope.cancel()
-        except* (ClientDisconnect, OSError):
-            # The client went away (while we read its body, or sent to it).
-            ctx.shared["client_disconnected"] = True
-        if ctx.shared.get("client_disconnected") and ctx.response is None:
-            ctx.response = ResponseState(499, Headers(), "error")
-    ctx.latencies["request"] = _ms(started)
-    await _log(ctx, collected)
+                    tg.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return False
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) single-exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    if isinstance(exc, ClientDisconnect):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        _, rest = exc.split(ClientDisconnect)
+        return rest is None
+    return False
+
+
+async def _fail(
+    ctx: Context, exc: Exception, collected: list[Plugin], started: float, send: _Downstream
+) -> None:
+    """The error boundary: answer for an exception that escaped the request, if still can."""
+    cause = _unwrap(exc)
+    if (
+        _is_disconnect(cause)
+        or ctx.shared.get("client_disconnected")
+        or ctx.request._body.disconnected
+    ):
+        ctx.shared["client_disconnected"] = True
+        return
+    if isinstance(cause, UpstreamError):
+        logger.warning("upstream failed (request %s): %s", ctx.request_id, cause)
+        answer = _error(ctx, cause.status_code, cause.message)
+    else:
+        logger.exception("unexpected error (request %s)", ctx.request_id)
+        answer = _error(ctx, 500, "An unexpected error occurred")
+    if send.started:
+        # Headers are gone already: the response is left unfinished, so the client sees a
+        # truncated body rather than a complete-looking one.
+        if isinstance(cause, UpstreamError):
+            ctx.shared["upstream_failed_mid_response"] = True
+        return
+    try:
+        await _answer(ctx, answer, collected, started, send)
+    except ClientDisconnect:
+        ctx.shared["client_disconnected"] = True
+    except Exception:
+        logger.exception("could not send the error answer (request %s)", ctx.request_id)
 
 
 async def _phase(
@@ -260,7 +445,7 @@ def _error(
     )
 
 
-def _https_redirect(ctx: Context, status: int, host_header: str) -> Response:
+def _https_redirect(ctx: Context, status: int, host_header: str, root_path: str) -> Response:
     if status == 426:
         return _error(
             ctx,
@@ -268,9 +453,9 @@ def _https_redirect(ctx: Context, status: int, host_header: str) -> Response:
             "Please use HTTPS protocol",
             {"connection": "Upgrade", "upgrade": "TLS/1.2, HTTP/1.1"},
         )
-    target = ctx.request.raw_path + (
-        f"?{ctx.request.query_string}" if ctx.request.query_string else ""
-    )
+    target = quote(root_path, safe="/:@!$&'()*+,;=~") + ctx.request.raw_path
+    if ctx.request.query_string:
+        target += f"?{ctx.request.query_string}"
     host = (
         host_header.rpartition(":")[0]
         if ":" in host_header and not host_header.endswith("]")
@@ -285,7 +470,11 @@ def _ms(since: float) -> int:
 
 
 class _DisconnectWatch:
-    """Cancel the upstream exchange if the client goes away (once its body was read)."""
+    """Cancel the upstream exchange if the client goes away.
+
+    It listens once nothing else reads `receive`: after the request body was read, or
+    released because the upstream answered without reading it.
+    """
 
     __slots__ = ("body", "ctx", "finished", "receive", "scope")
 
@@ -300,16 +489,19 @@ class _DisconnectWatch:
 
     async def run(self) -> None:
         try:
-            if not self.body.complete:
+            if not self.body.settled:
                 self.body.done = anyio.Event()
                 await self.body.done.wait()
             while True:
+                # Any further http.request message (a body nobody reads) is discarded.
                 message = await self.receive()
                 if message["type"] == "http.disconnect":
                     if not self.ctx.response_sent:
                         self.ctx.shared["client_disconnected"] = True
                         self.scope.cancel()
                     return
+        except Exception:
+            logger.debug("receive() failed while watching for a disconnect", exc_info=True)
         finally:
             self.finished = True
 
@@ -319,8 +511,14 @@ async def _answer(
 ) -> None:
     """Send a response the gateway made itself (a plugin's, or an error)."""
     settings = ctx.gateway.settings
-    source = "error" if isinstance(answer, ErrorResponse) else "exit"
-    headers = answer.headers
+    if isinstance(answer, ErrorResponse):
+        source = "error"
+        raw = list(answer.headers.raw)
+    else:
+        # A plugin's headers: the server frames the response, hop-by-hop ones are not ours.
+        source = "exit"
+        raw = response_headers(answer.headers.raw)
+    headers = Headers.wrap(raw)
     ctx.response = ResponseState(answer.status_code, headers, source)
     if settings.server_tokens and "server" not in headers:
         headers["server"] = settings.server_token
@@ -335,16 +533,52 @@ async def _answer(
     filters = [p for p in collected if type(p).implements("body_filter")]
     for plugin in filters:
         body = await _filter_phase(ctx, plugin, plugin.body_filter, ctx, body, True) or b""
-    if "content-length" in headers:
-        del headers["content-length"]
-    status = ctx.response.status_code
-    # HEAD, 1xx, 204 and 304 answers carry no body (and 204s no Content-Length, as Kong's).
-    bodyless = ctx.request.method == "HEAD" or status < 200 or status in (204, 304)
-    if not bodyless:
-        headers["content-length"] = str(len(body))
-    await send({"type": "http.response.start", "status": status, "headers": headers.raw})
+    has_body = _frame(ctx, body, keep_length=False)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": ctx.response.status_code,
+            "headers": ctx.response.headers.raw,
+        }
+    )
     ctx.response_sent = True
-    await send({"type": "http.response.body", "body": b"" if bodyless else body})
+    await send({"type": "http.response.body", "body": body if has_body else b""})
+
+
+def _frame(ctx: Context, body: bytes | None, *, keep_length: bool) -> bool:
+    """Make the framing headers of `ctx.response` fit what will be sent (after header_filter,
+    whatever status it chose); True if a body follows.
+
+    `body` is the whole body when it is buffered (None when it is streamed); `keep_length`:
+    the headers' Content-Length is the upstream's, for a body nothing changed.
+    1xx, 204 and 304 have no body and no Content-Length (ASGI servers take one as the length
+    of what follows: a 304's would break the connection); HEAD has no body and keeps the
+    length a GET would get; otherwise a buffered body gets its own length.
+    """
+    response = ctx.response
+    assert response is not None
+    status = response.status_code
+    raw = response.headers.raw
+    bodyless = status < 200 or status in (204, 304)
+    head = ctx.request.method == "HEAD"
+    keep = False
+    length: int | None = None
+    if bodyless:
+        pass
+    elif head:
+        keep = keep_length
+        if not keep and body is not None and response.source != "service":
+            length = len(body)  # the gateway's own answer: the length a GET would get
+    elif body is not None:
+        length = len(body)
+    else:
+        keep = keep_length
+    drop = (b"transfer-encoding",) if keep else _FRAMING
+    if any(k in drop for k, _ in raw):
+        raw[:] = [(k, v) for k, v in raw if k not in drop]
+    if length is not None:
+        raw.append((b"content-length", str(length).encode()))
+    return not bodyless and not head
 
 
 async def _filter_phase(
@@ -370,7 +604,7 @@ async def _filter_phase(
 
 def _targets(ctx: Context, service: Service) -> tuple[str, int, str | None, Target | None]:
     """Where the next try goes: (host, port, host header override, balanced target)."""
-    snapshot = ctx.gateway.snapshot
+    snapshot = ctx.snapshot
     assert service.host is not None
     assert service.port is not None
     balanced = snapshot.upstreams.get(service.host)
@@ -400,14 +634,30 @@ async def _proxy(
     assert ctx.upstream_request is not None
     state = ctx.upstream_request
     body = request._body
+    if state.body is None and body.has_body is None:
+        await body.probe()
+    # Framing comes from the body alone, never from headers a plugin left behind.
     if state.body is not None:
-        state.headers["content-length"] = str(len(state.body))
-        if "transfer-encoding" in state.headers:
-            del state.headers["transfer-encoding"]
+        length: bytes | None = str(len(state.body)).encode()
+    elif body.started and body.buffered is not None:
+        length = str(len(body.buffered)).encode()
+    else:
+        length = body.length
     content = _request_body(state, body)
-    target = state.path + (f"?{state.query_string}" if state.query_string else "")
+    query = state.query_string
+    query = escape_query(query, "latin-1" if query == request.query_string else "utf-8")
+    target = (escape_path(state.path) + (f"?{query}" if query else "")).encode("ascii")
     engine = gateway.engine_for(service)
     forwarded = _forwarded_headers(ctx, host_header, root_path)
+    # What the gateway sets replaces any copy a plugin set; a Host a plugin set is used.
+    owned = {k for k, _ in forwarded}
+    owned.update(_FRAMING)
+    owned.add(b"host")
+    plugin_host = state.headers.get_bytes(b"host")
+    passed_on = [(k, v) for k, v in state.headers.raw if k not in owned]
+    passed_on += forwarded
+    if length is not None:
+        passed_on.append((b"content-length", length))
     response: UpstreamResponse | None = None
     tries = service.retries + 1
     for attempt in range(tries):
@@ -421,11 +671,13 @@ async def _proxy(
                 send,
             )
             return
-        headers = state.headers.raw + forwarded
+        headers = [*passed_on]
         headers.append(
             (
                 b"host",
-                _upstream_host(
+                plugin_host
+                if plugin_host is not None
+                else _upstream_host(
                     route.preserve_host, host_header, host_override, host, port, service.protocol
                 ),
             )
@@ -435,7 +687,7 @@ async def _proxy(
             scheme=service.protocol,
             host=host,
             port=port,
-            target=target.encode("latin-1"),
+            target=target,
             headers=headers,
             body=content,
             connect_timeout=service.connect_timeout / 1000,
@@ -452,23 +704,26 @@ async def _proxy(
         try:
             response = await engine.send(outgoing)
             break
-        except UpstreamConnectError as exc:
+        except UpstreamError as exc:
             ctx.tries[-1]["error"] = str(exc)
-            # The next target gets the body again, unless part of a client stream is gone.
+            if body.disconnected:
+                # The client went away while its body was sent: not the upstream's fault.
+                raise ClientDisconnect() from exc
+            # After a connect error the next target gets the body again, unless part of a
+            # client stream is gone.
             replayable = state.body is not None or body.buffered is not None or not body.started
-            if attempt + 1 < tries and replayable:
+            if isinstance(exc, UpstreamConnectError) and attempt + 1 < tries and replayable:
                 content = _request_body(state, body)
                 continue
             await _answer(ctx, _error(ctx, exc.status_code, exc.message), collected, started, send)
             return
-        except UpstreamError as exc:
-            ctx.tries[-1]["error"] = str(exc)
-            await _answer(ctx, _error(ctx, exc.status_code, exc.message), collected, started, send)
-            return
     assert response is not None
+    # An upstream that answered without reading the body will not read it: let the
+    # disconnect watch have `receive`.
+    body.release()
     try:
         ctx.latencies["upstream"] = _ms(sent_at)
-        await _relay(ctx, response, collected, send)
+        await _relay(ctx, response, collected, started, send)
     finally:
         await response.aclose()
 
@@ -498,120 +753,141 @@ def _upstream_host(
 
 
 def _forwarded_headers(ctx: Context, host_header: str, root_path: str) -> list[tuple[bytes, bytes]]:
+    """X-Forwarded-*, X-Real-IP, Via and the request id, as the upstream gets them."""
     settings = ctx.gateway.settings
     request = ctx.request
     trusted = settings.trusted_ips.contains(request.peer_ip)
-    client = request.headers
-    xff = ", ".join(client.getlist("x-forwarded-for"))
-    out: list[tuple[str, str]] = [
-        ("x-forwarded-for", f"{xff}, {request.peer_ip}" if xff else request.client_ip),
-        ("x-real-ip", request.client_ip),
+    client = request.headers.raw
+    client_ip = request.client_ip.encode("latin-1")
+    xff = b", ".join([v for k, v in client if k == b"x-forwarded-for"])
+    out = [
+        (
+            b"x-forwarded-for",
+            xff + b", " + request.peer_ip.encode("latin-1") if xff else client_ip,
+        ),
+        (b"x-real-ip", client_ip),
     ]
     prefix = root_path + (
         ctx.matched_prefix
         if ctx.route and ctx.route.strip_path and ctx.matched_prefix not in ("", "/")
         else ""
     )
-    own = {
-        "x-forwarded-proto": request.scheme,
-        "x-forwarded-host": request.host,
-        "x-forwarded-port": str(request.port),
-        "x-forwarded-path": root_path + request.raw_path,
-        "x-forwarded-prefix": prefix,
-    }
-    for name, value in own.items():
-        if trusted and name in client:
-            value = client[name]
+    own = (
+        (b"x-forwarded-proto", request.scheme),
+        (b"x-forwarded-host", request.host),
+        (b"x-forwarded-port", str(request.port)),
+        (b"x-forwarded-path", root_path + request.raw_path),
+        (b"x-forwarded-prefix", prefix),
+    )
+    for name, text in own:
+        value = text.encode("latin-1")
+        if trusted:
+            for k, v in client:
+                if k == name:
+                    value = v
+                    break
         if value:
             out.append((name, value))
-    # Headers the gateway sets replace the client's copies (the Via chain is carried over).
-    passed_on = ctx.upstream_request.headers if ctx.upstream_request is not None else Headers()
     if settings.server_tokens:
-        via = ", ".join(client.getlist("via"))
-        token = f"1.1 {settings.server_token}"
-        out.append(("via", f"{via}, {token}" if via else token))
-        if "via" in passed_on:
-            del passed_on["via"]
+        # The gateway's Via replaces the client's, carrying its chain over.
+        via = b", ".join([v for k, v in client if k == b"via"])
+        token = _via_token(b"1.1", settings.server_token)
+        out.append((b"via", via + b", " + token if via else token))
     if settings.request_id_upstream:
-        out.append(("x-pygateway-request-id", ctx.request_id))
-        if "x-pygateway-request-id" in passed_on:
-            del passed_on["x-pygateway-request-id"]
-    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in out]
+        out.append((b"x-pygateway-request-id", ctx.request_id.encode("latin-1")))
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _via_token(version: bytes, server_token: str) -> bytes:
+    return version + b" " + server_token.encode("latin-1")
+
+
+def _response_head(ctx: Context, upstream: UpstreamResponse) -> Headers:
+    """The upstream's headers minus hop-by-hop ones, plus the gateway's, built in one pass."""
+    settings = ctx.gateway.settings
+    raw = response_headers(upstream.headers)
+    added: list[tuple[bytes, bytes]] = []
+    if settings.server_tokens:
+        via = b", ".join([v for k, v in raw if k == b"via"])
+        token = _via_token(upstream.http_version.encode("latin-1"), settings.server_token)
+        added.append((b"via", via + b", " + token if via else token))
+    if settings.latency_tokens:
+        latencies = ctx.latencies
+        added.append((b"x-pygateway-upstream-latency", b"%d" % latencies.get("upstream", 0)))
+        added.append((b"x-pygateway-proxy-latency", b"%d" % latencies.get("proxy", 0)))
+    if settings.request_id_header:
+        added.append((b"x-pygateway-request-id", ctx.request_id.encode("latin-1")))
+    if added:
+        names = {k for k, _ in added}
+        if any(k in names for k, _ in raw):
+            raw = [(k, v) for k, v in raw if k not in names]
+        raw += added
+    return Headers.wrap(raw)
 
 
 async def _relay(
-    ctx: Context, upstream: UpstreamResponse, collected: list[Plugin], send: Send
+    ctx: Context, upstream: UpstreamResponse, collected: list[Plugin], started: float, send: Send
 ) -> None:
-    """Stream the upstream response to the client through the filter phases."""
-    settings = ctx.gateway.settings
+    """Send the upstream response to the client through the filter phases."""
     ctx.upstream_status = upstream.status_code
-    headers = Headers(response_headers(upstream.headers))
-    if upstream.status_code in (204, 304) and "content-length" in headers:
-        # No body follows whatever it says (a 304 may give the 200's size), but ASGI servers
-        # take it as the body's length: uvicorn would fail the response and drop the client.
-        del headers["content-length"]
+    headers = _response_head(ctx, upstream)
     ctx.response = ResponseState(upstream.status_code, headers, "service")
-    if settings.server_tokens:
-        via = ", ".join(headers.getlist("via"))
-        token = f"{upstream.http_version} {settings.server_token}"
-        headers["via"] = f"{via}, {token}" if via else token
-    if settings.latency_tokens:
-        headers["x-pygateway-upstream-latency"] = str(ctx.latencies.get("upstream", 0))
-        headers["x-pygateway-proxy-latency"] = str(ctx.latencies.get("proxy", 0))
-    if settings.request_id_header:
-        headers["x-pygateway-request-id"] = ctx.request_id
     buffered = [p for p in collected if type(p).implements("response")]
     filters = [p for p in collected if type(p).implements("body_filter")]
-    head = ctx.request.method == "HEAD"
     if buffered:
-        ctx.response.body = await upstream.read()
+        original = ctx.response.body = await upstream.read()
         for plugin in buffered:
-            await _filter_phase(ctx, plugin, plugin.response, ctx)
+            failed = await _phase(ctx, plugin, plugin.response, ctx)
+            if isinstance(failed, ErrorResponse):
+                await _answer(ctx, failed, collected, started, send)
+                return
         for plugin in collected:
             if type(plugin).implements("header_filter"):
                 await _filter_phase(ctx, plugin, plugin.header_filter, ctx)
         data = ctx.response.body or b""
         for plugin in filters:
             data = await _filter_phase(ctx, plugin, plugin.body_filter, ctx, data, True) or b""
-        if "content-length" in headers:
-            del headers["content-length"]
-        if not head:
-            headers["content-length"] = str(len(data))
+        has_body = _frame(ctx, data, keep_length=data is original)
         await send(
             {
                 "type": "http.response.start",
                 "status": ctx.response.status_code,
-                "headers": headers.raw,
+                "headers": ctx.response.headers.raw,
             }
         )
         ctx.response_sent = True
-        await send({"type": "http.response.body", "body": data})
+        await send({"type": "http.response.body", "body": data if has_body else b""})
         return
     for plugin in collected:
         if type(plugin).implements("header_filter"):
             await _filter_phase(ctx, plugin, plugin.header_filter, ctx)
-    if filters and "content-length" in headers:
-        del headers["content-length"]
+    has_body = _frame(ctx, None, keep_length=not filters)
     await send(
-        {"type": "http.response.start", "status": ctx.response.status_code, "headers": headers.raw}
+        {
+            "type": "http.response.start",
+            "status": ctx.response.status_code,
+            "headers": ctx.response.headers.raw,
+        }
     )
-    try:
-        async for chunk in upstream.stream:
-            for plugin in filters:
-                chunk = await _filter_phase(ctx, plugin, plugin.body_filter, ctx, chunk, False)
-            if chunk:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except UpstreamError as exc:
-        # Headers are gone already: all we can do is end the response unfinished, so the
-        # client sees a truncated body rather than a complete-looking one.
-        logger.warning("upstream failed mid-response (request %s): %s", ctx.request_id, exc)
-        ctx.shared["upstream_failed_mid_response"] = True
-        return
+    if has_body:
+        try:
+            async for chunk in upstream.stream:
+                for plugin in filters:
+                    chunk = await _filter_phase(ctx, plugin, plugin.body_filter, ctx, chunk, False)
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamError as exc:
+            # Headers are gone already: all we can do is end the response unfinished, so the
+            # client sees a truncated body rather than a complete-looking one.
+            logger.warning("upstream failed mid-response (request %s): %s", ctx.request_id, exc)
+            ctx.shared["upstream_failed_mid_response"] = True
+            return
     tail = b""
     for plugin in filters:
         tail = await _filter_phase(ctx, plugin, plugin.body_filter, ctx, tail, True) or b""
     ctx.response_sent = True
-    await send({"type": "http.response.body", "body": tail})
+    await send({"type": "http.response.body", "body": tail if has_body else b""})
 
 
 async def _log(ctx: Context, collected: list[Plugin]) -> None:

@@ -467,12 +467,7 @@ def test_a_kong_exported_yaml_file_loads_in_nested_form() -> None:
     assert kill_switch.instance_name == "users-kill-switch"
     assert kill_switch.plugin == RequestTermination(trigger="x-kill-switch")
 
-    assert (billing.protocol, billing.port, billing.tls_verify, billing.tls_verify_depth) == (
-        "https",
-        443,
-        True,
-        2,
-    )
+    assert (billing.protocol, billing.port, billing.tls_verify) == ("https", 443, True)
     assert (billing.retries, billing.connect_timeout, billing.read_timeout) == (3, 5000, 30000)
     assert billing.routes[0].protocols == ("https",)
     assert billing.routes[0].https_redirect_status_code == 308
@@ -966,7 +961,6 @@ def rich_configuration() -> Configuration:
                 protocol="https",
                 host="billing.example.com",
                 tls_verify=False,
-                tls_verify_depth=3,
                 enabled=False,
             ),
         ],
@@ -1098,3 +1092,139 @@ def test_a_gateway_built_in_python_equals_one_loaded_from_its_export() -> None:
     )
     loaded = Gateway.from_config(json.loads(json.dumps(gateway.to_config())))
     assert loaded.config == gateway.config
+
+
+def test_from_config_builds_the_configuration_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pygateway import _schema
+
+    checked: list[Configuration] = []
+    validate = _schema.validate
+
+    def counting(instance: Any) -> None:
+        if isinstance(instance, Configuration):
+            checked.append(instance)
+        validate(instance)
+
+    monkeypatch.setattr(_schema, "validate", counting)
+    gateway = Gateway.from_config(KONG_YAML)
+    assert len(checked) == 1
+    assert gateway.config is checked[0]
+
+
+def test_a_gateway_takes_a_whole_configuration_as_is() -> None:
+    config = load(KONG_YAML)
+    gateway = Gateway(config=config, engine=echo_engine())
+    assert gateway.config is config
+
+
+def test_a_gateway_takes_a_configuration_or_entities_not_both() -> None:
+    config = load(doc(services=[USERS]))
+    with pytest.raises(TypeError, match=r"not both: \['services'\]"):
+        Gateway(config=config, services=[Service(host="other.internal")])
+    with pytest.raises(TypeError, match="config must be a Configuration"):
+        Gateway(config=doc(services=[USERS]))  # type: ignore[arg-type]
+    assert Gateway(config=config, routes=[], plugins=()).config is config
+
+
+# -- consumers and credentials: uniqueness ---------------------------------------------------
+
+
+def test_a_username_and_another_consumers_custom_id_may_be_equal() -> None:
+    config = load(
+        doc(
+            consumers=[
+                {"custom_id": "alice", "keyauth_credentials": [{"key": "partner-key"}]},
+                {"username": "alice"},
+            ],
+            keyauth_credentials=[{"key": "alice-key", "consumer": "alice"}],
+            plugins=[{"name": "request-termination", "consumer": "alice"}],
+        )
+    )
+    partner, alice = config.consumers
+    # A flat reference by name means the username before the custom_id (as the gateway's).
+    assert [c.key for c in alice.credentials] == ["alice-key"]  # type: ignore[attr-defined]
+    assert [c.key for c in partner.credentials] == ["partner-key"]  # type: ignore[attr-defined]
+    gateway = Gateway(config=config)
+    assert gateway.snapshot.consumers_by_key["alice"] is alice
+
+
+def test_two_usernames_or_two_custom_ids_alike_are_refused() -> None:
+    errors = gateway_errors(
+        doc(
+            consumers=[
+                {"username": "alice", "custom_id": "1"},
+                {"username": "alice"},
+                {"username": "bob", "custom_id": "1"},
+            ]
+        )
+    )
+    assert errors == [
+        (("consumers", 1, "username"), "UNIQUE violation detected on 'alice'"),
+        (("consumers", 2, "custom_id"), "UNIQUE violation detected on '1'"),
+    ]
+
+
+def test_a_key_auth_key_used_twice_is_refused_with_its_path() -> None:
+    errors = gateway_errors(
+        doc(
+            consumers=[
+                {"username": "alice", "keyauth_credentials": [{"key": "same"}]},
+                {"username": "bob"},
+            ],
+            keyauth_credentials=[{"key": "same", "consumer": "bob"}],
+        )
+    )
+    assert errors == [
+        (
+            ("consumers", 1, "keyauth_credentials", 0, "key"),
+            "UNIQUE violation detected on 'key' "
+            "(already used at consumers[0].keyauth_credentials[0])",
+        )
+    ]
+
+
+def test_a_key_auth_credential_keeps_its_random_id_through_a_round_trip() -> None:
+    config = load(doc(consumers=[{"username": "alice", "keyauth_credentials": [{"key": "k"}]}]))
+    [credential] = config.consumers[0].credentials
+    assert credential.id is not None
+    assert credential.id != KeyAuthCredential(key="k").id  # random, not derived from the key
+    again = load(dump(config))
+    assert again.consumers[0].credentials[0].id == credential.id
+
+
+@pytest.mark.parametrize("name", ["tls_verify_depth", "ca_certificates", "client_certificate"])
+def test_service_tls_settings_that_would_be_ignored_are_refused(name: str) -> None:
+    value: Any = {"tls_verify_depth": 1, "ca_certificates": ["x"], "client_certificate": "x"}
+    service = {**USERS, "url": "https://users.internal", name: value[name]}
+    assert load_errors(doc(services=[service])) == [
+        (("services", 0, name), "not supported by pygateway yet")
+    ]
+
+
+# -- plugin entity metadata -------------------------------------------------------------------
+
+
+def test_plugin_protocols_must_be_kong_protocol_names() -> None:
+    errors = load_errors(
+        doc(plugins=[{"name": "request-termination", "protocols": ["http", "htttp"]}])
+    )
+    assert len(errors) == 1
+    path, reason = errors[0]
+    assert path == ("plugins", 0, "protocols")
+    assert reason.startswith("expected one of: grpc, grpcs, http, https")
+    assert reason.endswith("(got 'htttp')")
+    assert load_errors(doc(plugins=[{"name": "request-termination", "protocols": []}])) == [
+        (("plugins", 0, "protocols"), "length must be at least 1")
+    ]
+
+
+@pytest.mark.parametrize("name", ["kill switch", "kill\n", "", "a/b"])
+def test_an_invalid_instance_name_gets_kongs_message(name: str) -> None:
+    errors = load_errors(doc(plugins=[{"name": "request-termination", "instance_name": name}]))
+    assert errors == [
+        (
+            ("plugins", 0, "instance_name"),
+            f"invalid value '{name}': the only accepted ascii characters are alphanumerics or "
+            "., -, _, and ~",
+        )
+    ]

@@ -3,10 +3,18 @@ what is particular to each: HttpxEngine against real sockets, ASGIEngine in-proc
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from engine_conformance import (
     ASGIRecorder,
@@ -25,11 +33,14 @@ from upstreams import (
 )
 
 from pygateway import (
+    Gateway,
+    Service,
     UpstreamConnectError,
     UpstreamConnectTimeout,
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from pygateway import Route as GwRoute
 from pygateway.engines import (
     ASGIEngine,
     Engine,
@@ -38,6 +49,7 @@ from pygateway.engines import (
     UpstreamRequest,
     UpstreamResponse,
 )
+from pygateway.testing import client
 
 pytestmark = pytest.mark.servers
 
@@ -191,6 +203,124 @@ async def test_httpx_engine_can_be_closed_and_used_again(raw_server: RawServer) 
         await engine.aclose()
 
 
+class TLSServer:
+    """HTTPS on 127.0.0.1 (a certificate for `a.test` only), recording each handshake's SNI."""
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.load_cert_chain(cert, key)
+        self.context.sni_callback = self._sni
+        self.server_names: list[str | None] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.threads: list[threading.Thread] = []
+        self.conns: list[socket.socket] = []
+
+    def _sni(self, conn: ssl.SSLObject, name: str | None, context: ssl.SSLContext) -> None:
+        self.server_names.append(name)
+
+    def __enter__(self) -> TLSServer:
+        self.threads.append(threading.Thread(target=self._accept, daemon=True))
+        self.threads[0].start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for sock in (self.sock, *self.conns):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the threads blocked on it
+            sock.close()
+        for thread in self.threads:
+            thread.join(5)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(5)
+        try:
+            with self.context.wrap_socket(conn, server_side=True) as tls:
+                data = b""
+                while True:
+                    chunk = tls.recv(4096)
+                    if not chunk:
+                        return
+                    data += chunk
+                    while b"\r\n\r\n" in data:
+                        _, data = data.split(b"\r\n\r\n", 1)
+                        tls.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        except (OSError, ssl.SSLError):
+            return
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate (its own CA) for the name `a.test`."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+            "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out", str(cert),
+            "-days", "2", "-subj", "/CN=a.test", "-addext", "subjectAltName=DNS:a.test",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def _tls_request(port: int, server_name: str, *, verify: bool) -> UpstreamRequest:
+    return UpstreamRequest(
+        method="GET",
+        scheme="https",
+        host="127.0.0.1",
+        port=port,
+        target=b"/",
+        headers=[(b"host", server_name.encode())],
+        server_name=server_name,
+        tls_verify=verify,
+        connect_timeout=5,
+        read_timeout=5,
+    )
+
+
+async def test_httpx_engine_opens_a_tls_connection_per_server_name(
+    certificate: tuple[Path, Path],
+) -> None:
+    with TLSServer(*certificate) as server:
+        async with HttpxEngine() as engine:
+            for name in ("a.test", "b.test", "a.test", "b.test"):
+                response = await engine.send(_tls_request(server.port, name, verify=False))
+                assert await response.read() == b"ok"
+                await response.aclose()
+    # Same address, two names: each name got its own handshake, then its connection reused.
+    assert server.server_names == ["a.test", "b.test"]
+
+
+async def test_httpx_engine_checks_the_certificate_against_the_server_name(
+    certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))  # trust the test certificate
+    with TLSServer(*certificate) as server:
+        async with HttpxEngine() as engine:
+            response = await engine.send(_tls_request(server.port, "a.test", verify=True))
+            assert await response.read() == b"ok"
+            await response.aclose()
+            # A connection to the same address verified for a.test is no proof for b.test.
+            with pytest.raises(UpstreamConnectError, match="certificate"):
+                await engine.send(_tls_request(server.port, "b.test", verify=True))
+
+
 # -- ASGIEngine ----------------------------------------------------------------------------
 
 
@@ -292,6 +422,163 @@ async def test_asgi_engine_closing_early_cancels_the_app() -> None:
             await anext(aiter(response.stream))
             await response.aclose()
             await cancelled.wait()
+
+
+async def test_asgi_engine_lets_the_app_finish_after_its_last_body_message() -> None:
+    finished: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+        for _ in range(3):  # work after the response, as a background task does
+            await anyio.lowlevel.checkpoint()
+        finished.append("after the response")
+
+    async with ASGIEngine(app) as engine:
+        with anyio.fail_after(5):
+            response = await engine.send(_request("u", 80))
+            assert await response.read() == b"done"
+            await response.aclose()
+    assert finished == ["after the response"]
+
+
+async def test_asgi_engine_runs_a_starlette_background_task_to_completion() -> None:
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    ran: list[str] = []
+
+    async def job() -> None:
+        await anyio.sleep(0.01)  # still running when the gateway has relayed the response
+        ran.append("job")
+
+    async def endpoint(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok", background=BackgroundTask(job))
+
+    app = Starlette(routes=[Route("/", endpoint)])
+    gateway = Gateway(
+        services=[Service(url="http://app.internal", routes=[GwRoute(paths=["/"])])],
+        engine=ASGIEngine(app),
+    )
+    async with client(gateway) as http:
+        response = await http.get("/")
+    assert (response.status_code, response.text) == (200, "ok")
+    assert ran == ["job"]
+
+
+async def test_asgi_engine_an_app_failing_after_its_response_leaves_the_response_whole(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for part in (b"a", b"b", b"c"):
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b"d"})
+        raise RuntimeError("background work failed")
+
+    async with ASGIEngine(app) as engine:
+        with anyio.fail_after(5):
+            response = await engine.send(_request("u", 80))
+            try:
+                assert await response.read() == b"abcd"
+            finally:
+                await response.aclose()
+    assert any("after its response" in r.getMessage() for r in caplog.records)
+
+
+async def test_asgi_engine_closes_a_request_body_the_app_left_unread() -> None:
+    closed = anyio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            yield b"first"
+            yield b"second"
+        finally:
+            closed.set()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()  # one chunk, then answers without the rest
+        await send({"type": "http.response.start", "status": 413, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with ASGIEngine(app) as engine:
+        with anyio.fail_after(5):
+            response = await engine.send(_request("u", 80, method="POST", body=body()))
+            assert response.status_code == 413
+            assert not closed.is_set()
+            await response.aclose()
+    assert closed.is_set()
+
+
+async def test_asgi_engine_answers_a_receive_after_the_response_with_a_disconnect() -> None:
+    after: list[Any] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"first"
+        await anyio.sleep_forever()  # a client that never sends the rest
+        yield b"never"  # pragma: no cover
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"early"})
+        after.append(await receive())
+
+    async with ASGIEngine(app) as engine:
+        with anyio.fail_after(5):
+            response = await engine.send(_request("u", 80, method="POST", body=body()))
+            assert await response.read() == b"early"
+            await response.aclose()
+    assert after == [{"type": "http.disconnect"}]
+
+
+async def test_asgi_engine_refuses_to_close_responses_out_of_order_and_stays_usable() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": scope["raw_path"]})
+
+    async with ASGIEngine(app) as engine:
+        with anyio.fail_after(5):
+            first = await engine.send(_request("u", 80, b"/first"))
+            second = await engine.send(_request("u", 80, b"/second"))
+            with pytest.raises(RuntimeError, match="last-received first"):
+                await first.aclose()
+            # Nothing was closed: both still work, and closing in order is fine.
+            assert await first.read() == b"/first"
+            assert await second.read() == b"/second"
+            await second.aclose()
+            await first.aclose()
+            await first.aclose()  # closing twice is harmless
+            third = await engine.send(_request("u", 80, b"/third"))
+            assert await third.read() == b"/third"
+            await third.aclose()
+
+
+async def test_asgi_engine_refuses_to_close_a_response_in_another_task() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    errors: list[BaseException] = []
+
+    async def close_elsewhere(response: UpstreamResponse) -> None:
+        try:
+            await response.aclose()
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    async with ASGIEngine(app) as engine:
+        with anyio.fail_after(5):
+            response = await engine.send(_request("u", 80))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(close_elsewhere, response)
+            assert [str(e) for e in errors] == [
+                "an ASGIEngine response must be closed in the task that sent its request"
+            ]
+            assert await response.read() == b"ok"
+            await response.aclose()
 
 
 async def test_asgi_engine_times_out_a_slow_body_chunk() -> None:

@@ -303,7 +303,27 @@ def test_tls_only_fields_are_refused_on_an_http_service(tls_field: dict[str, Any
         Service(host="a.internal", **tls_field)
     [name] = tls_field
     assert errors_of(excinfo) == [((name,), "value must be null when 'protocol' is not 'https'")]
-    Service(host="a.internal", protocol="https", **tls_field)  # fine over TLS
+
+
+def test_tls_verify_is_accepted_on_an_https_service() -> None:
+    assert Service(host="a.internal", protocol="https", tls_verify=False).tls_verify is False
+
+
+@pytest.mark.parametrize(
+    "tls_field",
+    [
+        {"tls_verify_depth": 2},
+        {"ca_certificates": [SOME_UUID]},
+        {"client_certificate": SOME_UUID},
+    ],
+)
+def test_tls_settings_pygateway_cannot_apply_yet_are_refused_not_ignored(
+    tls_field: dict[str, Any],
+) -> None:
+    with pytest.raises(ConfigurationError) as excinfo:
+        Service(host="a.internal", protocol="https", **tls_field)
+    [name] = tls_field
+    assert errors_of(excinfo) == [((name,), "not supported by pygateway yet")]
 
 
 # -- routes -------------------------------------------------------------------------------
@@ -598,6 +618,40 @@ def test_lists_become_tuples() -> None:
         assert type(value) is tuple
 
 
+def test_mappings_are_read_only_and_entities_are_hashable() -> None:
+    headers = {"x-a": ["1", "2"]}
+    route = Route(name="r", paths=["/a"], headers=headers)
+    service = Service(name="s", host="a.internal", routes=[route])
+    upstream = Upstream(name="u.internal", healthchecks={"active": {"http_statuses": [429, 503]}})
+    headers["x-b"] = ["3"]  # the caller's dict is not the entity's
+    assert route.headers == {"x-a": ("1", "2")}
+    assert route.headers is not None
+    with pytest.raises(TypeError):
+        route.headers["x-b"] = ("3",)  # type: ignore[index]
+    assert upstream.healthchecks == {"active": {"http_statuses": (429, 503)}}
+    # Equal entities hash alike: they work as set members and dict keys.
+    again = Route(name="r", paths=["/a"], headers={"x-a": ("1", "2")})
+    assert hash(route) == hash(again)
+    assert len({route, again}) == 1
+    assert {service: "x"}[Service(name="s", host="a.internal", routes=[again])] == "x"
+    assert hash(upstream) == hash(attrs.evolve(upstream))
+
+
+def test_a_read_only_mapping_is_exported_as_a_plain_dict() -> None:
+    gateway = Gateway(
+        services=[
+            Service(
+                name="s", host="a.internal", routes=[Route(paths=["/"], headers={"x-a": ["1"]})]
+            )
+        ],
+        upstreams=[Upstream(name="u.internal", healthchecks={"active": {"timeout": 1}})],
+    )
+    exported = gateway.to_config()
+    assert exported["services"][0]["routes"][0]["headers"] == {"x-a": ["1"]}
+    assert type(exported["services"][0]["routes"][0]["headers"]) is dict
+    assert type(exported["upstreams"][0]["healthchecks"]["active"]) is dict
+
+
 def test_the_caller_list_is_not_shared_with_the_entity() -> None:
     paths = ["/a"]
     route = Route(paths=paths)
@@ -647,12 +701,21 @@ def test_named_entities_get_deterministic_ids() -> None:
         (Route(name="users", paths=["/a"]), Route(name="users", paths=["/b"])),
         (Consumer(username="alice"), Consumer(username="alice", tags=["x"])),
         (Upstream(name="u.internal"), Upstream(name="u.internal", slots=100)),
-        (KeyAuthCredential(key="k"), KeyAuthCredential(key="k", tags=["x"])),
     ]
     for first, second in pairs:
         assert first.id is not None
         assert uuid.UUID(first.id)
         assert first.id == second.id
+
+
+def test_a_key_auth_credential_id_is_random_and_says_nothing_about_the_key() -> None:
+    first, second = KeyAuthCredential(key="guessable"), KeyAuthCredential(key="guessable")
+    assert first.id is not None
+    assert second.id is not None
+    assert uuid.UUID(first.id).version == 4
+    assert first.id != second.id
+    assert first == second  # ids take no part in equality
+    assert KeyAuthCredential(key="k", id=SOME_UUID).id == SOME_UUID
 
 
 def test_different_names_get_different_ids() -> None:
@@ -702,7 +765,74 @@ def test_a_gateway_refuses_two_routes_with_the_same_name() -> None:
 def test_a_gateway_refuses_two_consumers_with_the_same_username() -> None:
     with pytest.raises(ConfigurationError) as excinfo:
         Gateway(consumers=[Consumer(username="alice"), Consumer(username="alice")])
-    assert ((("consumers", 1), "UNIQUE violation detected on 'alice'")) in errors_of(excinfo)
+    assert errors_of(excinfo) == [
+        (("consumers", 1, "username"), "UNIQUE violation detected on 'alice'")
+    ]
+
+
+def test_a_gateway_refuses_two_consumers_with_the_same_custom_id() -> None:
+    with pytest.raises(ConfigurationError) as excinfo:
+        Gateway(
+            consumers=[
+                Consumer(username="a", custom_id="1001"),
+                Consumer(username="b", custom_id="1001"),
+            ]
+        )
+    assert errors_of(excinfo) == [
+        (("consumers", 1, "custom_id"), "UNIQUE violation detected on '1001'")
+    ]
+
+
+def test_a_username_and_a_custom_id_may_be_the_same_text() -> None:
+    alice = Consumer(username="alice")
+    partner = Consumer(custom_id="alice")
+    gateway = Gateway(
+        consumers=[partner, alice],
+        plugins=[gw.Scoped(gw.plugins.RequestTermination(), consumer="alice")],
+    )
+    # A reference means the username before the custom_id; the id before either.
+    assert gateway.snapshot.consumers_by_key["alice"] is alice
+    assert partner.id is not None
+    assert gateway.snapshot.consumers_by_key[partner.id] is partner
+
+
+def test_a_gateway_refuses_two_consumers_with_the_same_key_auth_key() -> None:
+    with pytest.raises(ConfigurationError) as excinfo:
+        Gateway(
+            consumers=[
+                Consumer(username="alice", credentials=[KeyAuthCredential(key="s3cret")]),
+                Consumer(
+                    username="bob",
+                    credentials=[KeyAuthCredential(key="other"), KeyAuthCredential(key="s3cret")],
+                ),
+            ]
+        )
+    assert errors_of(excinfo) == [
+        (
+            ("consumers", 1, "keyauth_credentials", 1, "key"),
+            "UNIQUE violation detected on 'key' "
+            "(already used at consumers[0].keyauth_credentials[0])",
+        )
+    ]
+    assert "s3cret" not in str(excinfo.value)  # a key is a secret, even in an error
+
+
+def test_a_gateway_refuses_two_credentials_with_the_same_id() -> None:
+    one = KeyAuthCredential(key="k1", id=SOME_UUID)
+    with pytest.raises(ConfigurationError) as excinfo:
+        Gateway(
+            consumers=[
+                Consumer(username="alice", credentials=[one]),
+                Consumer(username="bob", credentials=[attrs.evolve(one, key="k2")]),
+            ]
+        )
+    assert errors_of(excinfo) == [
+        (
+            ("consumers", 1, "keyauth_credentials", 0, "id"),
+            "UNIQUE violation detected on 'id' "
+            "(already used at consumers[0].keyauth_credentials[0])",
+        )
+    ]
 
 
 def test_a_gateway_refuses_two_upstreams_with_the_same_name() -> None:

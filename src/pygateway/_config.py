@@ -18,6 +18,7 @@ import attrs
 
 from ._entities import Consumer, Credential, Route, Service, Target, Upstream, entity_id
 from ._exceptions import ConfigurationError, PathPart
+from ._schema import plain
 from ._snapshot import Configuration
 from .plugins import _registry
 from .plugins._base import Plugin, Scoped
@@ -90,6 +91,10 @@ def load(source: str | os.PathLike[str] | Mapping[str, Any]) -> Configuration:
 class _Loader:
     def __init__(self) -> None:
         self.errors: list[tuple[Path_, str]] = []
+        # Every consumer's id and username: a flat reference means one of those before it
+        # means a custom_id (as the snapshot resolves references).
+        self.consumer_ids: set[str] = set()
+        self.consumer_usernames: set[str] = set()
 
     def fail(self, path: Path_, reason: str) -> None:
         self.errors.append((path, reason))
@@ -207,6 +212,11 @@ class _Loader:
             for i, raw in enumerate(self.items(data, "routes", ()))
             if (r := self.route(raw, ("routes", i), top_level=True)) is not None
         ]
+        for raw in self.items(data, "consumers", ()):
+            if isinstance(raw, Mapping):
+                self.consumer_ids.add(_consumer_id(raw))
+                if isinstance(raw.get("username"), str):
+                    self.consumer_usernames.add(raw["username"])
         consumers = [
             c
             for i, raw in enumerate(self.items(data, "consumers", ()))
@@ -307,10 +317,14 @@ class _Loader:
                 else:
                     acls.append(acl["group"])
         username, custom_id = fields.get("username"), fields.get("custom_id")
-        keys = [k for k in (username, custom_id, fields.get("id")) if isinstance(k, str)]
-        if "id" not in fields and isinstance(username or custom_id, str):
-            # flat entries may name the consumer by the id it is about to be given
-            keys.append(entity_id("consumers", f"u:{username}" if username else f"c:{custom_id}"))
+        # flat entries may name the consumer by the id it is about to be given
+        keys = [_consumer_id(fields)]
+        if isinstance(username, str) and username not in self.consumer_ids:
+            keys.append(username)
+        if isinstance(custom_id, str) and not (
+            custom_id in self.consumer_ids or custom_id in self.consumer_usernames
+        ):
+            keys.append(custom_id)
         for key in keys:
             credentials.extend(c for _, c in extra_creds.pop(key, []))
             acls.extend(extra_acls.pop(key, []))
@@ -408,6 +422,18 @@ class _Loader:
         return self.build(Scoped, {"plugin": plugin, **meta, **refs}, path)
 
 
+def _consumer_id(fields: Mapping[str, Any]) -> str:
+    """The id a consumer entry has, or is about to be given ("" if it cannot have one)."""
+    if isinstance(fields.get("id"), str):
+        return str(fields["id"])
+    username, custom_id = fields.get("username"), fields.get("custom_id")
+    if isinstance(username, str) and username:
+        return entity_id("consumers", f"u:{username}")
+    if isinstance(custom_id, str) and custom_id:
+        return entity_id("consumers", f"c:{custom_id}")
+    return ""
+
+
 def _ref(value: Any) -> str | None:
     """A foreign key as Kong writes it: a name or id string, or `{id: ..}` / `{name: ..}`."""
     if value is None:
@@ -423,14 +449,6 @@ def _ref(value: Any) -> str | None:
 # -- dump ---------------------------------------------------------------------------------
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
 def entity_fields(entity: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     """An entity's own fields as plain data (None values and nested children left out)."""
     out: dict[str, Any] = {}
@@ -440,7 +458,7 @@ def entity_fields(entity: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
         value = getattr(entity, a.name)
         if value is None or a.name == "url":
             continue
-        out[a.name] = _plain(value)
+        out[a.name] = plain(value)
     return out
 
 
@@ -451,7 +469,7 @@ def dump_plugin(entry: Plugin | Scoped) -> dict[str, Any]:
         for key in ("route", "service", "consumer", *_PLUGIN_META):
             value = getattr(entry, key)
             if value is not None:
-                out[key] = _plain(value)
+                out[key] = plain(value)
     return out
 
 

@@ -53,7 +53,7 @@ def entity_id(kind: str, key: str) -> str:
 
 def _check_tags(tags: Sequence[str]) -> str | None:
     for tag in tags:
-        if not _TAG.match(tag):
+        if not _TAG.fullmatch(tag):
             return (
                 f"invalid tag '{tag}': expected printable ascii (except `,` and `/`) "
                 "or valid utf-8 sequences"
@@ -71,15 +71,6 @@ def _check_uuid(value: str | None) -> str | None:
     return None
 
 
-def _check_name(value: str | None) -> str | None:
-    if value is not None and (not value or not re.match(r"^[\w.~-]+$", value)):
-        return (
-            f"invalid value '{value}': the only accepted ascii characters are "
-            "alphanumerics or ., -, _, and ~"
-        )
-    return None
-
-
 def _check_host(value: str | None) -> str | None:
     if value is None:
         return None
@@ -88,7 +79,7 @@ def _check_host(value: str | None) -> str | None:
         return None
     except ValueError:
         pass
-    if not _HOSTNAME.match(value):
+    if not _HOSTNAME.fullmatch(value):
         return f"invalid hostname: {value}"
     return None
 
@@ -120,7 +111,7 @@ class Route:
     named groups become `ctx.uri_captures`.
     """
 
-    name: str | None = field(None, check=_check_name)
+    name: str | None = field(None, check=_schema.check_name)
     protocols: Sequence[Literal["http", "https"]] = ("http", "https")
     methods: Sequence[str] | None = None
     hosts: Sequence[str] | None = None
@@ -152,7 +143,7 @@ class Route:
         if not self.protocols:
             errors.append((("protocols",), "length must be at least 1"))
         for i, method in enumerate(self.methods or ()):
-            if not _METHOD.match(method):
+            if not _METHOD.fullmatch(method):
                 errors.append((("methods", i), f"invalid value: {method}"))
         for i, host in enumerate(self.hosts or ()):
             reason = _check_route_host(host)
@@ -218,7 +209,7 @@ class Service:
     `host` may name an `Upstream`, whose targets are then balanced. Timeouts are in ms.
     """
 
-    name: str | None = field(None, check=_check_name)
+    name: str | None = field(None, check=_schema.check_name)
     url: str | None = field(None, eq=False)
     protocol: Literal["http", "https"] = "http"
     host: str | None = field(None, check=_check_host)
@@ -265,11 +256,15 @@ class Service:
             "ca_certificates": self.ca_certificates,
             "client_certificate": self.client_certificate,
         }
+        errors: list[tuple[tuple[PathPart, ...], str]] = []
         for key, value in tls_only.items():
             if value is not None and self.protocol != "https":
-                raise ConfigurationError(
-                    "value must be null when 'protocol' is not 'https'", path=(key,)
-                )
+                errors.append(((key,), "value must be null when 'protocol' is not 'https'"))
+            elif value is not None and key != "tls_verify":
+                # Accepting these and connecting without them would be a silent downgrade.
+                errors.append(((key,), "not supported by pygateway yet"))
+        if errors:
+            raise ConfigurationError(errors=errors)
         if self.id is None and self.name:
             object.__setattr__(self, "id", entity_id("services", self.name))
         for i, route in enumerate(self.routes):
@@ -291,6 +286,8 @@ class Credential:
 
     kind: ClassVar[str] = ""
     plugin: ClassVar[str] = ""
+    #: Fields whose values no two credentials of this kind may share (checked per gateway).
+    unique: ClassVar[tuple[str, ...]] = ()
     registry: ClassVar[dict[str, type[Credential]]] = {}
 
     id: str | None = field(None, eq=False, check=_check_uuid)
@@ -312,10 +309,15 @@ class Credential:
 
 @attrs.frozen(kw_only=True)
 class KeyAuthCredential(Credential):
-    """An API key for the key-auth plugin. A random key is generated when none is given."""
+    """An API key for the key-auth plugin. A random key is generated when none is given.
+
+    Keys are unique across all consumers. The id (sent upstream as `X-Credential-Identifier`)
+    is random unless given: it reveals nothing about the key.
+    """
 
     kind: ClassVar[str] = "keyauth_credentials"
     plugin: ClassVar[str] = "key-auth"
+    unique: ClassVar[tuple[str, ...]] = ("key",)
 
     key: str = attrs.field(factory=lambda: secrets.token_urlsafe(24))
     ttl: int | None = field(None, between=(0, 100_000_000))
@@ -325,7 +327,7 @@ class KeyAuthCredential(Credential):
         if not self.key:
             raise ConfigurationError("length must be at least 1", path=("key",))
         if self.id is None:
-            object.__setattr__(self, "id", entity_id("keyauth_credentials", self.key))
+            object.__setattr__(self, "id", str(uuid.uuid4()))
 
 
 @attrs.frozen(kw_only=True)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sized
 from typing import Any
 
 import anyio
 import attrs
 
-from . import _schema
 from ._entities import Consumer, Route, Service, Upstream
 from ._exceptions import ConfigurationError
 from ._proxy import TrustedIPs
@@ -75,6 +74,8 @@ class Gateway:
             or "off".
         headers_upstream: "request_id" (default) or "off".
         tls_verify: verify upstream certificates unless a Service says otherwise.
+        config: a whole `Configuration` (another gateway's `.config`, say) instead of the
+            entity arguments; it is used as is, not rebuilt.
 
     Raises:
         ConfigurationError: when the configuration is invalid, naming each field path.
@@ -100,14 +101,25 @@ class Gateway:
         headers: Iterable[str] = ("server_tokens", "latency_tokens", "request_id"),
         headers_upstream: Iterable[str] = ("request_id",),
         tls_verify: bool = True,
+        config: Configuration | None = None,
     ) -> None:
-        config = _configuration(
-            services=services,
-            routes=routes,
-            consumers=consumers,
-            upstreams=upstreams,
-            plugins=plugins,
-        )
+        entities = {
+            "services": services,
+            "routes": routes,
+            "consumers": consumers,
+            "upstreams": upstreams,
+            "plugins": plugins,
+        }
+        if config is None:
+            config = _configuration(**entities)
+        elif not isinstance(config, Configuration):
+            raise TypeError(f"config must be a Configuration (got {type(config).__name__})")
+        elif given := [
+            name
+            for name, value in entities.items()
+            if not (isinstance(value, Sized) and len(value) == 0)
+        ]:
+            raise TypeError(f"pass the entities in config or as arguments, not both: {given}")
         if isinstance(trusted_ips, str):
             trusted_ips = [ip for ip in trusted_ips.split(",") if ip.strip()]
         enabled = _tokens(headers, "headers")
@@ -160,15 +172,7 @@ class Gateway:
         """
         from ._config import load
 
-        config = load(source)
-        return cls(
-            services=config.services,
-            routes=config.routes,
-            consumers=config.consumers,
-            upstreams=config.upstreams,
-            plugins=config.plugins,
-            **settings,
-        )
+        return cls(config=load(source), **settings)
 
     def to_config(self) -> dict[str, Any]:
         """The configuration in Kong's declarative format (`_format_version: "3.0"`)."""
@@ -256,9 +260,7 @@ def _configuration(**entities: Iterable[Any]) -> Configuration:
         values[name] = tuple(items)
     if errors:
         raise ConfigurationError(errors=errors)
-    config = Configuration(**values)
-    _schema.validate(config)
-    return config
+    return Configuration(**values)  # which validates the entity lists
 
 
 async def _lifespan(

@@ -2,16 +2,18 @@
 
 Every attrs class here is checked the same way, whether it was built in Python or loaded from
 a declarative file: the annotation of each field says what it accepts (with Kong's wording,
-"expected an integer"), lists become tuples, and `field(check=...)` adds a rule of its own.
-All problems are collected into one `ConfigurationError` naming each field path.
+"expected an integer"), lists become tuples and mappings read-only `FrozenMap`s (so entities
+stay immutable and hashable), and `field(check=...)` adds a rule of its own. All problems are
+collected into one `ConfigurationError` naming each field path.
 """
 
 from __future__ import annotations
 
+import re
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, Union
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Literal, TypeVar, Union
 
 import attrs
 
@@ -19,6 +21,69 @@ from ._exceptions import ConfigurationError, PathPart
 
 Check = Callable[[Any], "str | None"]
 _NOTHING: Any = attrs.NOTHING
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class FrozenMap(Mapping[K, V]):
+    """A read-only, hashable mapping: what a mapping field of an entity or plugin holds, so
+    that entities stay immutable and can be hashed. Equal to a dict with the same items."""
+
+    __slots__ = ("_data", "_hash")
+
+    def __init__(self, items: Mapping[K, V] | Iterable[tuple[K, V]] = ()) -> None:
+        self._data: dict[K, V] = dict(items)
+        self._hash: int | None = None
+
+    def __getitem__(self, key: K) -> V:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash(frozenset(self._data.items()))
+        return self._hash
+
+    def __repr__(self) -> str:
+        return repr(self._data)
+
+
+def freeze(value: Any) -> Any:
+    """`value` with its dicts and lists made FrozenMaps and tuples, all the way down."""
+    if isinstance(value, Mapping):
+        return FrozenMap((k, freeze(v)) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return tuple(freeze(v) for v in value)
+    if isinstance(value, set):
+        return frozenset(value)
+    return value
+
+
+def plain(value: Any) -> Any:
+    """`value` as plain JSON-able data: mappings become dicts, sequences lists."""
+    if isinstance(value, tuple | list):
+        return [plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+_NAME = re.compile(r"[\w.~-]+")
+
+
+def check_name(value: str | None) -> str | None:
+    """Kong's rule for entity names (`name`, `instance_name`)."""
+    if value is not None and not _NAME.fullmatch(value):
+        return (
+            f"invalid value '{value}': the only accepted ascii characters are "
+            "alphanumerics or ., -, _, and ~"
+        )
+    return None
 
 
 def field(
@@ -172,7 +237,9 @@ def coerce(
             return value
         args = typing.get_args(hint)
         item = args[1] if len(args) == 2 else Any
-        return {k: coerce(v, item, (*path, k), errors) for k, v in value.items()}
+        if item is Any:
+            return freeze(value)
+        return FrozenMap((k, coerce(v, item, (*path, k), errors)) for k, v in value.items())
     if isinstance(hint, type):
         if not isinstance(value, hint):
             errors.append((path, f"expected {describe(hint)}"))

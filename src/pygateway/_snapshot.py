@@ -100,17 +100,29 @@ class Snapshot:
         self.routes_by_key: dict[str, Route] = {}
         for route, _, path in routes:
             _index(self.routes_by_key, route, (route.name, route.id), (*path, "name"), errors)
-        self.consumers_by_key: dict[str, Consumer] = {}
+        self.consumers_by_key = self._index_consumers(config.consumers, errors)
         self.credentials: dict[str, list[tuple[Credential, Consumer]]] = {}
+        taken: dict[tuple[str, str, Any], Path] = {}
         for i, consumer in enumerate(config.consumers):
-            _index(
-                self.consumers_by_key,
-                consumer,
-                (consumer.username, consumer.custom_id, consumer.id),
-                ("consumers", i),
-                errors,
-            )
+            positions: dict[str, int] = {}
             for credential in consumer.credentials:
+                j = positions[credential.kind] = positions.get(credential.kind, -1) + 1
+                cpath: Path = ("consumers", i, credential.kind, j)
+                for name in ("id", *type(credential).unique):
+                    # The value is not echoed: for most credentials it is a secret.
+                    key = (credential.kind, name, getattr(credential, name))
+                    if key[2] is None:
+                        continue
+                    if key in taken:
+                        errors.append(
+                            (
+                                (*cpath, name),
+                                f"UNIQUE violation detected on '{name}' "
+                                f"(already used at {_fmt(taken[key])})",
+                            )
+                        )
+                    else:
+                        taken[key] = cpath
                 self.credentials.setdefault(credential.kind, []).append((credential, consumer))
         self.upstreams: dict[str, tuple[Upstream, Balancer]] = {}
         for i, upstream in enumerate(config.upstreams):
@@ -143,6 +155,35 @@ class Snapshot:
         self.plans: dict[int, tuple[PlanEntry, ...]] = {
             id(route): _plan(route, service, placed) for route, service, _ in routes
         }
+
+    @staticmethod
+    def _index_consumers(
+        consumers: Sequence[Consumer], errors: list[tuple[Path, str]]
+    ) -> dict[str, Consumer]:
+        """Consumers by id, username and custom_id. Each is unique among its own kind only
+        (as Kong's); where a reference could mean two consumers, an id beats a username,
+        which beats a custom_id."""
+        by_field: dict[str, dict[str, Consumer]] = {"custom_id": {}, "username": {}, "id": {}}
+        for i, consumer in enumerate(consumers):
+            values = {
+                "username": consumer.username,
+                "custom_id": consumer.custom_id,
+                "id": consumer.id,
+            }
+            for name, value in values.items():
+                if value is not None and value in by_field[name]:
+                    errors.append(
+                        (("consumers", i, name), f"UNIQUE violation detected on '{value}'")
+                    )
+                    break  # one error per consumer (a duplicate name implies its id)
+            else:
+                for name, value in values.items():
+                    if value is not None:
+                        by_field[name][value] = consumer
+        table: dict[str, Consumer] = {}
+        for kind in ("custom_id", "username", "id"):  # later kinds win
+            table.update(by_field[kind])
+        return table
 
     def _place_plugins(
         self,

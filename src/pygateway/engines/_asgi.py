@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import unquote
 
 import anyio
-from anyio.abc import TaskGroup
 
 from .._exceptions import UpstreamProtocolError, UpstreamTimeout
-from .._types import ASGIApp, Message
+from .._types import ASGIApp, Message, RawHeaders
 from ._base import Engine, UpstreamRequest, UpstreamResponse
 
 __all__ = ["ASGIEngine"]
+
+logger = logging.getLogger("pygateway.engines")
+
+# The exchanges the current task has open, oldest first: their task groups are nested in
+# this order in the task's cancel scope stack, so only the last one may be left.
+_open: ContextVar[tuple[_Exchange, ...]] = ContextVar("pygateway_asgi_open", default=())
 
 
 class ASGIEngine(Engine):
@@ -21,6 +28,16 @@ class ASGIEngine(Engine):
 
     The app sees an ordinary `http` scope; its exceptions before the response starts become
     `UpstreamProtocolError` (a 502), as a crashed upstream would.
+
+    The app runs in a task group that `send` opens in the calling task and the response's
+    `aclose()` closes, so, as with `async with` blocks, a response must be closed in the task
+    that sent its request, after any response received later (last in, first out), and
+    outside any cancel scope entered since `send` returned (the runloop does all of this).
+    Closing out of order raises `RuntimeError` and leaves the response open.
+
+    Once the app has sent its last body message, `aclose()` waits for it to return, so work
+    it does after the response (Starlette's background tasks) runs to completion; a response
+    closed before that (the client went away, an error, not read to the end) cancels the app.
     """
 
     def __init__(self, app: ASGIApp, *, client: tuple[str, int] = ("127.0.0.1", 0)) -> None:
@@ -44,85 +61,152 @@ class ASGIEngine(Engine):
             "server": (request.host, request.port),
             "extensions": {},
         }
-        body = aiter(request.body) if request.body is not None else None
-        body_done = False
-        response_done = anyio.Event()
-        started = anyio.Event()
-        start: dict[str, Any] = {}
-        chunks_in, chunks_out = anyio.create_memory_object_stream[bytes](4)
-        failure: list[BaseException] = []
+        return await _Exchange(self.app, scope, request).open()
 
-        async def receive() -> Message:
-            nonlocal body, body_done
-            if body is not None:
-                try:
-                    chunk = await anext(body)
-                except StopAsyncIteration:
-                    body = None
-                else:
-                    return {"type": "http.request", "body": chunk, "more_body": True}
-            if not body_done:
-                body_done = True
-                return {"type": "http.request", "body": b"", "more_body": False}
-            await response_done.wait()
+
+class _Exchange:
+    """One request to the app: its task, its response stream and how to end it."""
+
+    def __init__(self, app: ASGIApp, scope: dict[str, Any], request: UpstreamRequest) -> None:
+        self.app = app
+        self.scope = scope
+        self.read_timeout = request.read_timeout
+        self.body = aiter(request.body) if request.body is not None else None
+        self.body_exhausted = request.body is None
+        self.body_sent = False
+        self.started = anyio.Event()
+        #: The app sent its last body message: the response is complete.
+        self.complete = anyio.Event()
+        self.start: Message | None = None
+        self.chunks_in, self.chunks_out = anyio.create_memory_object_stream[bytes](4)
+        self.failure: BaseException | None = None
+        self.task_group = anyio.create_task_group()
+        self.task_id = 0
+        self.closed = False
+
+    # -- the app's side ------------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        if self.complete.is_set():  # the response was sent: the exchange is over (ASGI spec)
             return {"type": "http.disconnect"}
-
-        async def send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                start.update(message)
-                started.set()
-            elif message["type"] == "http.response.body":
-                chunk = message.get("body", b"")
-                if chunk:
-                    await chunks_in.send(chunk)
-                if not message.get("more_body", False):
-                    response_done.set()
-                    chunks_in.close()
-
-        async def run() -> None:
+        if self.body is not None and not self.body_exhausted:
             try:
-                await self.app(scope, receive, send)
-            except Exception as exc:
-                failure.append(exc)
-            finally:
-                started.set()
-                chunks_in.close()
+                chunk = await anext(self.body)
+            except StopAsyncIteration:
+                self.body_exhausted = True
+            else:
+                return {"type": "http.request", "body": chunk, "more_body": True}
+        if not self.body_sent:
+            self.body_sent = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await self.complete.wait()
+        return {"type": "http.disconnect"}
 
-        task_group: TaskGroup = anyio.create_task_group()
-        await task_group.__aenter__()
-        task_group.start_soon(run)
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.start = message
+            self.started.set()
+        elif message["type"] == "http.response.body":
+            chunk = message.get("body", b"")
+            if chunk:
+                await self.chunks_in.send(chunk)
+            if not message.get("more_body", False):
+                self.complete.set()
+                self.chunks_in.close()
 
-        async def close() -> None:
-            task_group.cancel_scope.cancel()
-            chunks_out.close()
-            await task_group.__aexit__(None, None, None)
-
+    async def run(self) -> None:
         try:
-            with anyio.fail_after(request.read_timeout):
-                await started.wait()
+            await self.app(self.scope, self.receive, self.send)
+        except Exception as exc:
+            self.failure = exc
+            if self.complete.is_set():  # nobody else will hear of it
+                logger.error("ASGI upstream failed after its response", exc_info=exc)
+        finally:
+            self.started.set()
+            self.chunks_in.close()
+
+    # -- the gateway's side --------------------------------------------------------------
+
+    async def open(self) -> UpstreamResponse:
+        await self.task_group.__aenter__()
+        self.task_id = anyio.get_current_task().id
+        _open.set((*_open.get(), self))
+        self.task_group.start_soon(self.run)
+        try:
+            with anyio.fail_after(self.read_timeout):
+                await self.started.wait()
         except TimeoutError:
-            await close()
+            await self.close()
             raise UpstreamTimeout("ASGI upstream did not start a response in time") from None
         except BaseException:
-            await close()
+            await self.close()
             raise
-        if not start:
-            await close()
-            reason = repr(failure[0]) if failure else "the app returned without a response"
+        if self.start is None:
+            await self.close()
+            reason = repr(self.failure) if self.failure else "the app returned without a response"
             raise UpstreamProtocolError(f"ASGI upstream failed: {reason}")
+        headers = [(bytes(k).lower(), bytes(v)) for k, v in self.start.get("headers", [])]
+        return _ASGIResponse(
+            self, self.start["status"], headers, stream=self.stream(), on_close=self.close
+        )
 
-        async def stream() -> AsyncIterator[bytes]:
-            while True:
-                try:
-                    with anyio.fail_after(request.read_timeout):
-                        chunk = await chunks_out.receive()
-                except anyio.EndOfStream:
-                    break
-                except TimeoutError:
-                    raise UpstreamTimeout("ASGI upstream sent nothing in time") from None
-                yield chunk
-            if failure or not response_done.is_set():
-                raise UpstreamProtocolError("ASGI upstream stopped before the response ended")
+    async def stream(self) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                with anyio.fail_after(self.read_timeout):
+                    chunk = await self.chunks_out.receive()
+            except anyio.EndOfStream:
+                break
+            except TimeoutError:
+                raise UpstreamTimeout("ASGI upstream sent nothing in time") from None
+            yield chunk
+        if not self.complete.is_set():
+            reason = f": {self.failure!r}" if self.failure is not None else ""
+            raise UpstreamProtocolError(f"ASGI upstream stopped before the response ended{reason}")
 
-        headers = [(bytes(k).lower(), bytes(v)) for k, v in start.get("headers", [])]
-        return UpstreamResponse(start["status"], headers, stream=stream(), on_close=close)
+    def check_closable(self) -> None:
+        """Raise (changing nothing) if leaving this exchange's task group now would corrupt
+        the calling task's cancel scopes."""
+        if self.closed:
+            return
+        if anyio.get_current_task().id != self.task_id:
+            raise RuntimeError(
+                "an ASGIEngine response must be closed in the task that sent its request"
+            )
+        if _open.get()[-1:] != (self,):
+            raise RuntimeError(
+                "ASGIEngine responses must be closed last-received first: close the "
+                "responses received after this one before closing it"
+            )
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.check_closable()
+        self.closed = True
+        _open.set(_open.get()[:-1])
+        if not self.complete.is_set():
+            self.task_group.cancel_scope.cancel()
+        self.chunks_out.close()
+        try:
+            await self.task_group.__aexit__(None, None, None)
+        finally:
+            # The app is done with the request body now; close what it left unread.
+            if self.body is not None and not self.body_exhausted:
+                aclose: Callable[[], Awaitable[object]] | None = getattr(self.body, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+
+
+class _ASGIResponse(UpstreamResponse):
+    __slots__ = ("_exchange",)
+
+    def __init__(
+        self, exchange: _Exchange, status_code: int, headers: RawHeaders, **kwargs: Any
+    ) -> None:
+        super().__init__(status_code, headers, **kwargs)
+        self._exchange = exchange
+
+    async def aclose(self) -> None:
+        self._exchange.check_closable()  # before anything is closed
+        await super().aclose()

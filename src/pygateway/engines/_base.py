@@ -5,7 +5,10 @@ into one `UpstreamResponse` (status, raw headers, an async byte stream), and not
 it never follows redirects, decompresses, adds headers or keeps cookies, and it sends exactly
 the target it is given. Failures are translated at the seam into `UpstreamError` subclasses.
 
-Close every response you get, in the task that sent the request (`await response.aclose()`).
+Close every response you get (`await response.aclose()`) as if it were an `async with`
+block opened by `send`: in the task that sent the request, most recent response first, and
+not from inside a cancel scope entered after `send` returned. An engine may keep a task group
+open from `send` to `aclose` (ASGIEngine runs the app in one); the runloop closes this way.
 """
 
 from __future__ import annotations
@@ -86,6 +89,9 @@ class UpstreamResponse:
 
     `UpstreamResponse(200, [(b"content-type", b"text/plain")], content=b"hi")` builds one
     directly (handy in `MockEngine` handlers). `on_close` runs once, on `aclose()`.
+
+    Close it like an `async with` block opened by `Engine.send`: in the sending task, after
+    any response received later, outside cancel scopes entered since (see the module doc).
     """
 
     __slots__ = ("_closed", "_on_close", "headers", "http_version", "status_code", "stream")
@@ -130,7 +136,11 @@ class UpstreamResponse:
 
 
 class Engine:
-    """Base class of engines. Implement `send`; override `aclose` if you hold resources."""
+    """Base class of engines. Implement `send`; override `aclose` if you hold resources.
+
+    Callers close each response in the task that sent it, last received first (see the
+    module doc), so an engine may hold a task group or cancel scope from `send` to `aclose`.
+    """
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         raise NotImplementedError(

@@ -2,7 +2,8 @@
 
 Transparent on purpose: it calls the transport directly, so there is no cookie jar, no
 environment proxies, no default headers and no decoding; each (scheme, host, port, TLS
-settings) gets its own keep-alive pool.
+server name and settings) gets its own keep-alive pool, so a connection made for one server
+name is never reused for another.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import httpx
 from .._exceptions import (
     UpstreamConnectError,
     UpstreamConnectTimeout,
-    UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeout,
 )
@@ -26,27 +26,47 @@ from ._base import Engine, UpstreamRequest, UpstreamResponse
 __all__ = ["HttpxEngine"]
 
 
+def _reason(exc: BaseException, default: str) -> str:
+    """The first message along the chain of causes (trio's wrappers often have none)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if str(seen):
+            return str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return default
+
+
 @contextlib.contextmanager
 def _translated() -> Iterator[None]:
     try:
         yield
     except httpx.ConnectTimeout as exc:
-        raise UpstreamConnectTimeout(str(exc) or "connect timeout") from exc
+        raise UpstreamConnectTimeout(_reason(exc, "connect timeout")) from exc
     except httpx.ConnectError as exc:
-        raise UpstreamConnectError(str(exc) or "connection failed") from exc
+        raise UpstreamConnectError(_reason(exc, "connection failed")) from exc
     except httpx.TimeoutException as exc:
-        raise UpstreamTimeout(str(exc) or type(exc).__name__) from exc
+        raise UpstreamTimeout(_reason(exc, type(exc).__name__)) from exc
     except httpx.TransportError as exc:
-        raise UpstreamProtocolError(str(exc) or type(exc).__name__) from exc
+        raise UpstreamProtocolError(_reason(exc, type(exc).__name__)) from exc
 
 
 class _Body(httpx.AsyncByteStream):
-    def __init__(self, body: AsyncIterable[bytes]) -> None:
-        self._body = body
+    """The request body for httpcore; `aclose()` closes the source if it was left unread."""
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._body:
-            yield chunk
+    def __init__(self, body: AsyncIterable[bytes]) -> None:
+        # An iterator, not a generator over it: nothing is left for the garbage collector
+        # to finalize when httpcore stops reading early.
+        self._body = aiter(body)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._body
+
+    async def aclose(self) -> None:
+        close = getattr(self._body, "aclose", None)
+        if close is not None:
+            await close()
 
 
 async def _raw(stream: httpx.AsyncByteStream) -> AsyncIterator[bytes]:
@@ -76,10 +96,15 @@ class HttpxEngine(Engine):
             keepalive_expiry=keepalive_expiry,
         )
         self._http2 = http2
-        self._transports: dict[tuple[str, str, int, bool], httpx.AsyncHTTPTransport] = {}
+        self._transports: dict[
+            tuple[str, str, int, bool, str | None], httpx.AsyncHTTPTransport
+        ] = {}
 
     def _transport(self, request: UpstreamRequest) -> httpx.AsyncHTTPTransport:
-        key = (request.scheme, request.host, request.port, request.tls_verify)
+        # httpcore pools connections by (scheme, host, port): a TLS connection is bound to
+        # the name it was opened (SNI) and verified for, so each name needs a pool of its own.
+        server_name = (request.server_name or request.host) if request.scheme == "https" else None
+        key = (request.scheme, request.host, request.port, request.tls_verify, server_name)
         transport = self._transports.get(key)
         if transport is None:
             verify: ssl.SSLContext | bool = request.tls_verify
@@ -98,15 +123,17 @@ class HttpxEngine(Engine):
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         headers = request.headers
         stream: httpx.AsyncByteStream = httpx.ByteStream(b"")
+        body: _Body | None = None
         if request.body is not None:
-            stream = _Body(request.body)
+            stream = body = _Body(request.body)
             if not any(k == b"content-length" for k, _ in headers):
                 headers = [*headers, (b"transfer-encoding", b"chunked")]
         # httpx would normalize dot segments and re-quote the target; httpcore's `target`
         # extension sends it byte for byte.
         url = httpx.URL(scheme=request.scheme, host=request.host, port=request.port, path="/")
         extensions: dict[str, Any] = {"target": request.target}
-        if request.server_name and request.server_name != request.host:
+        if request.scheme == "https" and request.server_name:
+            # The name sent as SNI is the one the certificate is checked against.
             extensions["sni_hostname"] = request.server_name
         extensions["timeout"] = {
             "connect": request.connect_timeout,
@@ -121,16 +148,26 @@ class HttpxEngine(Engine):
         try:
             with _translated():
                 response = await transport.handle_async_request(outgoing)
-        except UpstreamError:
+        except BaseException:
+            if body is not None:
+                await body.aclose()
             raise
         assert isinstance(response.stream, httpx.AsyncByteStream)
         raw_headers = [(k.lower(), v) for k, v in response.headers.raw]
         version = response.extensions.get("http_version", b"HTTP/1.1")
+
+        async def close() -> None:
+            try:
+                await response.aclose()
+            finally:
+                if body is not None:
+                    await body.aclose()
+
         return UpstreamResponse(
             response.status_code,
             raw_headers,
             stream=_raw(response.stream),
-            on_close=response.aclose,
+            on_close=close,
             http_version=version.decode("ascii", "replace").removeprefix("HTTP/"),
         )
 

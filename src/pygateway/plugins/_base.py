@@ -95,21 +95,14 @@ class Plugin:
 
     def to_config(self) -> dict[str, Any]:
         """This plugin's config as plain JSON-able data."""
-        config: dict[str, Any] = _plain(attrs.asdict(self, recurse=True))  # type: ignore[arg-type]
+        data = attrs.asdict(self, recurse=True)  # type: ignore[arg-type]
+        config: dict[str, Any] = _schema.plain(data)
         return config
 
     @classmethod
     def implements(cls, phase: str) -> bool:
         """Does this class override `phase`?"""
         return getattr(cls, phase) is not getattr(Plugin, phase)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
 
 
 def check_declaration(cls: type[Plugin]) -> None:
@@ -125,7 +118,7 @@ def check_declaration(cls: type[Plugin]) -> None:
     label = cls.__qualname__
     if not attrs.has(cls):
         problems.append(f"{label} must be an attrs class: decorate it with @attrs.frozen")
-    if not isinstance(cls.name, str) or not _NAME.match(cls.name or ""):
+    if not isinstance(cls.name, str) or not _NAME.fullmatch(cls.name or ""):
         problems.append(
             f"{label}.name must be a lower-case plugin name like 'my-plugin' (got {cls.name!r})"
         )
@@ -153,9 +146,16 @@ def check_declaration(cls: type[Plugin]) -> None:
         raise PluginDeclarationError(errors=[((), p) for p in problems])
 
 
-def _check_name(value: str | None) -> str | None:
-    if value is not None and not re.match(r"^[\w.~-]+$", value):
-        return f"invalid value '{value}'"
+#: Kong's protocol names, for `Scoped.protocols`.
+PROTOCOLS = ("grpc", "grpcs", "http", "https", "tcp", "tls", "tls_passthrough", "udp", "ws", "wss")
+
+
+def _check_protocols(value: Sequence[str]) -> str | None:
+    if not value:
+        return "length must be at least 1"
+    for protocol in value:
+        if protocol not in PROTOCOLS:
+            return f"expected one of: {', '.join(PROTOCOLS)} (got '{protocol}')"
     return None
 
 
@@ -166,6 +166,9 @@ class Scoped:
     `Scoped(gw.plugins.RateLimiting(minute=5), route="users-api", consumer="my-app")` applies
     the plugin only to that consumer on that route. `service`/`route`/`consumer` are names or
     ids; inside a Route/Service/Consumer's `plugins`, the enclosing entity is implied.
+
+    `protocols` (Kong's protocol names) is checked and kept, but not applied yet: the plugin
+    runs for http and https requests whatever it says.
     """
 
     plugin: Plugin = attrs.field()  # positional: `Scoped(plugin, route="r")`
@@ -173,8 +176,10 @@ class Scoped:
     route: str | None = attrs.field(default=None, kw_only=True)
     consumer: str | None = attrs.field(default=None, kw_only=True)
     enabled: bool = attrs.field(default=True, kw_only=True)
-    instance_name: str | None = field(None, check=_check_name, kw_only=True)
-    protocols: Sequence[str] = attrs.field(default=("grpc", "grpcs", "http", "https"), kw_only=True)
+    instance_name: str | None = field(None, check=_schema.check_name, kw_only=True)
+    protocols: Sequence[str] = field(
+        ("grpc", "grpcs", "http", "https"), check=_check_protocols, kw_only=True
+    )
     tags: Sequence[str] = attrs.field(default=(), kw_only=True)
     id: str | None = field(None, eq=False, kw_only=True)
 

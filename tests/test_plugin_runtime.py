@@ -1177,3 +1177,20 @@ async def test_startup_runs_lazily_once_on_the_first_requests() -> None:
     await gateway.aclose()
     await gateway.aclose()
     assert events == [("startup", gateway), ("shutdown", gateway)]
+
+
+async def test_a_plugin_scoped_to_https_does_not_run_on_plain_http_requests() -> None:
+    terminate = gw.plugins.RequestTermination(status_code=418, message="https only")
+    gateway = gw.Gateway(
+        services=[
+            gw.Service(name="s", url="http://up.test", routes=[gw.Route(name="r", paths=["/"])])
+        ],
+        plugins=[gw.Scoped(terminate, protocols=["https"])],
+        engine=gw.testing.echo_engine(),
+    )
+    async with gw.testing.client(gateway, base_url="http://gw.test") as http:
+        assert (await http.get("/x")).status_code == 200
+    async with gw.testing.client(gateway, base_url="https://gw.test") as https:
+        response = await https.get("/x")
+    assert response.status_code == 418
+    assert response.json() == {"message": "https only"}

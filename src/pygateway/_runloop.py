@@ -268,15 +268,16 @@ async def _serve(
     snapshot = ctx.snapshot
     request = ctx.request
     settings = ctx.gateway.settings
+    scheme = "https" if request.scheme == "https" else "http"
     answer: Response | None = None
 
-    for plugin in snapshot.rewrite_plugins:
+    for plugin in snapshot.rewrite_plugins[scheme]:
         try:
             answer = await _phase(ctx, plugin, plugin.rewrite, ctx)
         except ClientDisconnect:
             # Nobody to answer; the global plugins still log the request.
             ctx.shared["client_disconnected"] = True
-            collected.extend(snapshot.global_plugins)
+            collected.extend(snapshot.global_plugins[scheme])
             return False
         if answer is not None:
             break
@@ -290,7 +291,7 @@ async def _serve(
             return True
 
     if match is None:
-        collected.extend(snapshot.global_plugins)
+        collected.extend(snapshot.global_plugins[scheme])
         if answer is None:
             answer = _error(ctx, 404, "no Route matched with those values")
     else:
@@ -307,7 +308,7 @@ async def _serve(
             )
         ):
             # Kong answers before collecting the route's plugins: only global ones run.
-            collected.extend(snapshot.global_plugins)
+            collected.extend(snapshot.global_plugins[scheme])
             answer = _https_redirect(ctx, route.https_redirect_status_code, host_header, root_path)
         else:
             upstream_path = join_upstream_path(
@@ -322,7 +323,7 @@ async def _serve(
                 request.method, upstream_path, request.query_string, upstream_headers
             )
             gone = False
-            for entry in snapshot.plans[id(route)]:
+            for entry in snapshot.plans[id(route), scheme]:
                 resolved = entry.resolve(ctx.consumer.id if ctx.consumer is not None else None)
                 if resolved is None:
                     continue

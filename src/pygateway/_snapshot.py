@@ -64,6 +64,11 @@ class _Placed:
     service: Service | None
     consumer: Consumer | None
     path: Path
+    #: The request schemes it applies to (`Scoped.protocols`).
+    schemes: frozenset[str]
+
+
+_SCHEMES = ("http", "https")
 
 
 class Snapshot:
@@ -141,20 +146,28 @@ class Snapshot:
         ]
         self.router = Router(active)
         self.plugins: Sequence[Plugin] = tuple({id(p.plugin): p.plugin for p in placed}.values())
-        globals_ = sorted(
-            (
-                p.plugin
-                for p in placed
-                if p.route is None and p.service is None and p.consumer is None
-            ),
-            key=lambda p: (-p.priority, p.name),
-        )
-        #: Global plugins: they alone run `rewrite`, and they alone run when no route matched.
-        self.global_plugins: Sequence[Plugin] = tuple(globals_)
-        self.rewrite_plugins = tuple(p for p in globals_ if p.implements("rewrite"))
-        self.plans: dict[int, tuple[PlanEntry, ...]] = {
-            id(route): _plan(route, service, placed) for route, service, _ in routes
-        }
+        #: Global plugins by request scheme: they alone run `rewrite`, and they alone run
+        #: when no route matched.
+        self.global_plugins: dict[str, tuple[Plugin, ...]] = {}
+        self.rewrite_plugins: dict[str, tuple[Plugin, ...]] = {}
+        #: Per (route, request scheme): the plugin plan, in priority order.
+        self.plans: dict[tuple[int, str], tuple[PlanEntry, ...]] = {}
+        for scheme in _SCHEMES:
+            applicable = [p for p in placed if scheme in p.schemes]
+            globals_ = tuple(
+                sorted(
+                    (
+                        p.plugin
+                        for p in applicable
+                        if p.route is None and p.service is None and p.consumer is None
+                    ),
+                    key=lambda p: (-p.priority, p.name),
+                )
+            )
+            self.global_plugins[scheme] = globals_
+            self.rewrite_plugins[scheme] = tuple(p for p in globals_ if p.implements("rewrite"))
+            for route, owner, _ in routes:
+                self.plans[id(route), scheme] = _plan(route, owner, applicable)
 
     @staticmethod
     def _index_consumers(
@@ -251,7 +264,8 @@ class Snapshot:
             ):
                 errors.append((path, f"plugin '{cls.name}' cannot be applied globally"))
                 return
-            placed.append(_Placed(plugin, route, service, consumer, path))
+            schemes = frozenset(entry.protocols if isinstance(entry, Scoped) else _SCHEMES)
+            placed.append(_Placed(plugin, route, service, consumer, path, schemes))
 
         for i, entry in enumerate(config.plugins):
             place(entry, ("plugins", i), None, None, None)

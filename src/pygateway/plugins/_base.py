@@ -167,8 +167,8 @@ class Scoped:
     the plugin only to that consumer on that route. `service`/`route`/`consumer` are names or
     ids; inside a Route/Service/Consumer's `plugins`, the enclosing entity is implied.
 
-    `protocols` (Kong's protocol names) is checked and kept, but not applied yet: the plugin
-    runs for http and https requests whatever it says.
+    `protocols` (Kong's protocol names) limits the request schemes it runs for: with
+    `protocols=["https"]` it does not run on plain-http requests.
     """
 
     plugin: Plugin = attrs.field()  # positional: `Scoped(plugin, route="r")`

@@ -1,7 +1,8 @@
 """From the client's request to the upstream request: paths, client IPs and headers.
 
-Kong's rules, as plain functions: v0/v1 path joining, `trusted_ips` and the real-IP header,
-hop-by-hop removal, X-Forwarded-* / X-Real-IP / Via.
+Kong's rules, as plain functions: the route path below a mount point, host and port, body
+framing, v0/v1 path joining, `trusted_ips` and the real-IP header, hop-by-hop removal,
+X-Forwarded-* / X-Real-IP / Via, the upstream Host.
 """
 
 from __future__ import annotations
@@ -10,18 +11,33 @@ import functools
 import ipaddress
 import re
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from ._exceptions import ConfigurationError
-from ._types import RawHeaders
+from ._types import RawHeaders, Scope
+from .routing import normalize_path
+
+if TYPE_CHECKING:
+    from ._context import Context
 
 __all__ = [
     "TrustedIPs",
+    "body_framing",
     "escape_path",
     "escape_query",
+    "forwarded_headers",
+    "host_and_port",
     "join_upstream_path",
     "request_headers",
     "response_headers",
+    "route_path",
+    "upstream_host",
+    "via_token",
 ]
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_HEX = frozenset("0123456789abcdefABCDEF")
 
 _HOP_BY_HOP = frozenset(
     {
@@ -220,3 +236,166 @@ def response_headers(upstream: RawHeaders) -> RawHeaders:
         for k, v in upstream
         if k not in _HOP_BY_HOP and k not in listed and not (chunked and k == b"content-length")
     ]
+
+
+def route_path(scope: Scope) -> tuple[str, str, str]:
+    """(normalized path, raw path, root_path) below the mount point; `%2F` kept encoded."""
+    root_path: str = scope.get("root_path", "")
+    raw = scope.get("raw_path")
+    if raw is not None:
+        raw_path = raw.decode("latin-1").partition("?")[0]
+        if root_path:
+            below = _below_root(raw_path, root_path)
+            if below is not None:
+                raw_path = below
+    else:
+        path: str = scope["path"]
+        if root_path and path.startswith(root_path) and path[len(root_path) :][:1] in ("", "/"):
+            path = path[len(root_path) :]
+        raw_path = quote(path, safe="/:@!$&'()*+,;=-._~")
+    if not raw_path.startswith("/"):
+        raw_path = "/" + raw_path
+    return normalize_path(raw_path), raw_path, root_path
+
+
+def _below_root(raw_path: str, root_path: str) -> str | None:
+    """What follows the segments of `raw_path` that percent-decode to `root_path`, if any.
+
+    `root_path` is decoded (the mount point an app such as Starlette matched), so the client
+    may have encoded it differently: `/%61pi/users` is below `/api`.
+    """
+    want = root_path.encode("utf-8", "surrogateescape")
+    got = bytearray()
+    i = 0
+    while len(got) < len(want) and i < len(raw_path):
+        escape = raw_path[i + 1 : i + 3]
+        if raw_path[i] == "%" and len(escape) == 2 and all(c in _HEX for c in escape):
+            got.append(int(escape, 16))
+            i += 3
+        else:
+            got.append(ord(raw_path[i]))
+            i += 1
+    rest = raw_path[i:]
+    if got != want or rest[:1] not in ("", "/"):
+        return None
+    return rest
+
+
+def host_and_port(scope: Scope, headers: list[tuple[bytes, bytes]]) -> tuple[str, int, str]:
+    """(host without port, port the connection arrived on, Host header as sent).
+
+    The port is the server's (Kong matches `net.dst.port`), else the Host header's, else the
+    scheme's default.
+    """
+    server = scope.get("server") or ("", None)
+    scheme = scope.get("scheme", "http")
+    host_header = ""
+    for k, v in headers:
+        if k == b"host":
+            host_header = v.decode("latin-1")
+            break
+    host, port = host_header, None
+    if host.startswith("["):
+        end = host.find("]")
+        rest = host[end + 1 :]
+        host = host[: end + 1]
+        if rest.startswith(":") and rest[1:].isdigit():
+            port = int(rest[1:])
+    elif ":" in host:
+        name, _, p = host.rpartition(":")
+        if p.isdigit():
+            host, port = name, int(p)
+    if not host:
+        host = str(server[0] or "")
+    if server[1]:
+        port = server[1]
+    elif port is None:
+        port = _DEFAULT_PORTS.get(scheme, 80)
+    return host.lower().rstrip("."), int(port), host_header
+
+
+def body_framing(
+    scope: Scope, headers: list[tuple[bytes, bytes]]
+) -> tuple[bool | None, bytes | None]:
+    """(whether the request has a body, or None if only reading it can tell; the client's
+    Content-Length when it framed the body with one)."""
+    length: bytes | None = None
+    chunked = False
+    for k, v in headers:
+        if k == b"content-length":
+            if length is None:
+                length = v.strip()
+        elif k == b"transfer-encoding":
+            chunked = True
+    if chunked:
+        return True, None
+    if length is not None:
+        return length not in (b"0", b""), length
+    if scope.get("http_version", "1.1") in ("1.0", "1.1"):
+        return False, None
+    # HTTP/2 and HTTP/3 need neither header: the first http.request message will tell.
+    return None, None
+
+
+def upstream_host(
+    preserve: bool, host_header: str, override: str | None, host: str, port: int, scheme: str
+) -> bytes:
+    if preserve and host_header:
+        return host_header.encode("latin-1")
+    name = override or host
+    if ":" in name and not name.startswith("["):
+        name = f"[{name}]"
+    if override is None and port != _DEFAULT_PORTS.get(scheme):
+        name = f"{name}:{port}"
+    return name.encode("latin-1")
+
+
+def forwarded_headers(ctx: Context, host_header: str, root_path: str) -> list[tuple[bytes, bytes]]:
+    """X-Forwarded-*, X-Real-IP, Via and the request id, as the upstream gets them."""
+    settings = ctx.gateway.settings
+    request = ctx.request
+    trusted = settings.trusted_ips.contains(request.peer_ip)
+    client = request.headers.raw
+    client_ip = request.client_ip.encode("latin-1")
+    xff = b", ".join([v for k, v in client if k == b"x-forwarded-for"])
+    out = [
+        (
+            b"x-forwarded-for",
+            xff + b", " + request.peer_ip.encode("latin-1") if xff else client_ip,
+        ),
+        (b"x-real-ip", client_ip),
+    ]
+    prefix = root_path + (
+        ctx.matched_prefix
+        if ctx.route and ctx.route.strip_path and ctx.matched_prefix not in ("", "/")
+        else ""
+    )
+    own = (
+        (b"x-forwarded-proto", request.scheme),
+        (b"x-forwarded-host", request.host),
+        (b"x-forwarded-port", str(request.port)),
+        (b"x-forwarded-path", root_path + request.raw_path),
+        (b"x-forwarded-prefix", prefix),
+    )
+    for name, text in own:
+        value = text.encode("latin-1")
+        if trusted:
+            for k, v in client:
+                if k == name:
+                    value = v
+                    break
+        if value:
+            out.append((name, value))
+    if settings.server_tokens:
+        # The gateway's Via replaces the client's, carrying its chain over.
+        via = b", ".join([v for k, v in client if k == b"via"])
+        token = via_token(b"1.1", settings.server_token)
+        out.append((b"via", via + b", " + token if via else token))
+    if settings.request_id_upstream:
+        out.append((b"x-pygateway-request-id", ctx.request_id.encode("latin-1")))
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def via_token(version: bytes, server_token: str) -> bytes:
+    return version + b" " + server_token.encode("latin-1")

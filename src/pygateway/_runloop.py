@@ -15,7 +15,6 @@ runs. Only the server's own cancellation propagates.
 
 from __future__ import annotations
 
-import functools
 import logging
 import secrets
 import time
@@ -30,16 +29,21 @@ from ._context import ClientDisconnect, Context, Request, ResponseState, Upstrea
 from ._exceptions import UpstreamConnectError, UpstreamError
 from ._headers import Headers
 from ._proxy import (
+    body_framing,
     escape_path,
     escape_query,
+    forwarded_headers,
+    host_and_port,
     join_upstream_path,
     real_client_ip,
     request_headers,
     response_headers,
+    route_path,
+    upstream_host,
+    via_token,
 )
 from ._responses import ErrorResponse, Response, error_response
 from .engines import UpstreamRequest, UpstreamResponse
-from .routing import normalize_path
 
 if TYPE_CHECKING:
     from ._entities import Service, Target
@@ -52,85 +56,7 @@ __all__ = ["handle_http"]
 
 logger = logging.getLogger("pygateway.runloop")
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-_HEX = frozenset("0123456789abcdefABCDEF")
 _FRAMING = (b"content-length", b"transfer-encoding")
-
-
-def _route_path(scope: Scope) -> tuple[str, str, str]:
-    """(normalized path, raw path, root_path) below the mount point; `%2F` kept encoded."""
-    root_path: str = scope.get("root_path", "")
-    raw = scope.get("raw_path")
-    if raw is not None:
-        raw_path = raw.decode("latin-1").partition("?")[0]
-        if root_path:
-            below = _below_root(raw_path, root_path)
-            if below is not None:
-                raw_path = below
-    else:
-        path: str = scope["path"]
-        if root_path and path.startswith(root_path) and path[len(root_path) :][:1] in ("", "/"):
-            path = path[len(root_path) :]
-        raw_path = quote(path, safe="/:@!$&'()*+,;=-._~")
-    if not raw_path.startswith("/"):
-        raw_path = "/" + raw_path
-    return normalize_path(raw_path), raw_path, root_path
-
-
-def _below_root(raw_path: str, root_path: str) -> str | None:
-    """What follows the segments of `raw_path` that percent-decode to `root_path`, if any.
-
-    `root_path` is decoded (the mount point an app such as Starlette matched), so the client
-    may have encoded it differently: `/%61pi/users` is below `/api`.
-    """
-    want = root_path.encode("utf-8", "surrogateescape")
-    got = bytearray()
-    i = 0
-    while len(got) < len(want) and i < len(raw_path):
-        escape = raw_path[i + 1 : i + 3]
-        if raw_path[i] == "%" and len(escape) == 2 and all(c in _HEX for c in escape):
-            got.append(int(escape, 16))
-            i += 3
-        else:
-            got.append(ord(raw_path[i]))
-            i += 1
-    rest = raw_path[i:]
-    if got != want or rest[:1] not in ("", "/"):
-        return None
-    return rest
-
-
-def _host_and_port(scope: Scope, headers: list[tuple[bytes, bytes]]) -> tuple[str, int, str]:
-    """(host without port, port the connection arrived on, Host header as sent).
-
-    The port is the server's (Kong matches `net.dst.port`), else the Host header's, else the
-    scheme's default.
-    """
-    server = scope.get("server") or ("", None)
-    scheme = scope.get("scheme", "http")
-    host_header = ""
-    for k, v in headers:
-        if k == b"host":
-            host_header = v.decode("latin-1")
-            break
-    host, port = host_header, None
-    if host.startswith("["):
-        end = host.find("]")
-        rest = host[end + 1 :]
-        host = host[: end + 1]
-        if rest.startswith(":") and rest[1:].isdigit():
-            port = int(rest[1:])
-    elif ":" in host:
-        name, _, p = host.rpartition(":")
-        if p.isdigit():
-            host, port = name, int(p)
-    if not host:
-        host = str(server[0] or "")
-    if server[1]:
-        port = server[1]
-    elif port is None:
-        port = _DEFAULT_PORTS.get(scheme, 80)
-    return host.lower().rstrip("."), int(port), host_header
 
 
 async def handle_http(
@@ -144,14 +70,14 @@ async def handle_http(
     started = time.perf_counter()
     settings = gateway.settings
     headers: list[tuple[bytes, bytes]] = list(scope.get("headers") or [])
-    path, raw_path, root_path = _route_path(scope)
-    host, port, host_header = _host_and_port(scope, headers)
+    path, raw_path, root_path = route_path(scope)
+    host, port, host_header = host_and_port(scope, headers)
     scheme = scope.get("scheme", "http")
     peer = (scope.get("client") or ("", 0))[0] or ""
     client_ip = real_client_ip(
         peer, headers, settings.trusted_ips, settings.real_ip_header, settings.real_ip_recursive
     )
-    body = _Body(receive, *_body_framing(scope, headers))
+    body = _Body(receive, *body_framing(scope, headers))
     request = Request(
         method=scope.get("method", "GET"),
         scheme=scheme,
@@ -189,29 +115,6 @@ async def handle_http(
     if fall_through:
         assert fallback is not None
         await fallback(scope, _replay_receive(body, receive), send)
-
-
-def _body_framing(
-    scope: Scope, headers: list[tuple[bytes, bytes]]
-) -> tuple[bool | None, bytes | None]:
-    """(whether the request has a body, or None if only reading it can tell; the client's
-    Content-Length when it framed the body with one)."""
-    length: bytes | None = None
-    chunked = False
-    for k, v in headers:
-        if k == b"content-length":
-            if length is None:
-                length = v.strip()
-        elif k == b"transfer-encoding":
-            chunked = True
-    if chunked:
-        return True, None
-    if length is not None:
-        return length not in (b"0", b""), length
-    if scope.get("http_version", "1.1") in ("1.0", "1.1"):
-        return False, None
-    # HTTP/2 and HTTP/3 need neither header: the first http.request message will tell.
-    return None, None
 
 
 def _replay_receive(body: _Body, receive: Receive) -> Receive:
@@ -649,7 +552,7 @@ async def _proxy(
     query = escape_query(query, "latin-1" if query == request.query_string else "utf-8")
     target = (escape_path(state.path) + (f"?{query}" if query else "")).encode("ascii")
     engine = gateway.engine_for(service)
-    forwarded = _forwarded_headers(ctx, host_header, root_path)
+    forwarded = forwarded_headers(ctx, host_header, root_path)
     # What the gateway sets replaces any copy a plugin set; a Host a plugin set is used.
     owned = {k for k, _ in forwarded}
     owned.update(_FRAMING)
@@ -678,7 +581,7 @@ async def _proxy(
                 b"host",
                 plugin_host
                 if plugin_host is not None
-                else _upstream_host(
+                else upstream_host(
                     route.preserve_host, host_header, host_override, host, port, service.protocol
                 ),
             )
@@ -740,70 +643,6 @@ def _request_body(state: UpstreamRequestState, body: _Body) -> Any:
     return body.stream() if body.has_body else None
 
 
-def _upstream_host(
-    preserve: bool, host_header: str, override: str | None, host: str, port: int, scheme: str
-) -> bytes:
-    if preserve and host_header:
-        return host_header.encode("latin-1")
-    name = override or host
-    if ":" in name and not name.startswith("["):
-        name = f"[{name}]"
-    if override is None and port != _DEFAULT_PORTS.get(scheme):
-        name = f"{name}:{port}"
-    return name.encode("latin-1")
-
-
-def _forwarded_headers(ctx: Context, host_header: str, root_path: str) -> list[tuple[bytes, bytes]]:
-    """X-Forwarded-*, X-Real-IP, Via and the request id, as the upstream gets them."""
-    settings = ctx.gateway.settings
-    request = ctx.request
-    trusted = settings.trusted_ips.contains(request.peer_ip)
-    client = request.headers.raw
-    client_ip = request.client_ip.encode("latin-1")
-    xff = b", ".join([v for k, v in client if k == b"x-forwarded-for"])
-    out = [
-        (
-            b"x-forwarded-for",
-            xff + b", " + request.peer_ip.encode("latin-1") if xff else client_ip,
-        ),
-        (b"x-real-ip", client_ip),
-    ]
-    prefix = root_path + (
-        ctx.matched_prefix
-        if ctx.route and ctx.route.strip_path and ctx.matched_prefix not in ("", "/")
-        else ""
-    )
-    own = (
-        (b"x-forwarded-proto", request.scheme),
-        (b"x-forwarded-host", request.host),
-        (b"x-forwarded-port", str(request.port)),
-        (b"x-forwarded-path", root_path + request.raw_path),
-        (b"x-forwarded-prefix", prefix),
-    )
-    for name, text in own:
-        value = text.encode("latin-1")
-        if trusted:
-            for k, v in client:
-                if k == name:
-                    value = v
-                    break
-        if value:
-            out.append((name, value))
-    if settings.server_tokens:
-        # The gateway's Via replaces the client's, carrying its chain over.
-        via = b", ".join([v for k, v in client if k == b"via"])
-        token = _via_token(b"1.1", settings.server_token)
-        out.append((b"via", via + b", " + token if via else token))
-    if settings.request_id_upstream:
-        out.append((b"x-pygateway-request-id", ctx.request_id.encode("latin-1")))
-    return out
-
-
-@functools.lru_cache(maxsize=16)
-def _via_token(version: bytes, server_token: str) -> bytes:
-    return version + b" " + server_token.encode("latin-1")
-
-
 def _response_head(ctx: Context, upstream: UpstreamResponse) -> Headers:
     """The upstream's headers minus hop-by-hop ones, plus the gateway's, built in one pass."""
     settings = ctx.gateway.settings
@@ -811,7 +650,7 @@ def _response_head(ctx: Context, upstream: UpstreamResponse) -> Headers:
     added: list[tuple[bytes, bytes]] = []
     if settings.server_tokens:
         via = b", ".join([v for k, v in raw if k == b"via"])
-        token = _via_token(upstream.http_version.encode("latin-1"), settings.server_token)
+        token = via_token(upstream.http_version.encode("latin-1"), settings.server_token)
         added.append((b"via", via + b", " + token if via else token))
     if settings.latency_tokens:
         latencies = ctx.latencies

@@ -9,7 +9,7 @@ import socket
 import ssl
 import subprocess
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,6 @@ from upstreams import (
     Fault,
     RawServer,
     Reply,
-    refused_port,
     unaccepting_port,
     wait_until,
 )
@@ -52,18 +51,6 @@ from pygateway.engines import (
 from pygateway.testing import client
 
 pytestmark = pytest.mark.servers
-
-
-@pytest.fixture(scope="module")
-def raw_server() -> Iterator[RawServer]:
-    with RawServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def closed_port() -> Iterator[int]:
-    with refused_port() as port:
-        yield port
 
 
 class TestHttpxEngine(EngineConformance):

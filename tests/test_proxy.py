@@ -26,7 +26,6 @@ from upstreams import (
     Server,
     call_asgi,
     raw_http,
-    refused_port,
     serve_asgi,
     unaccepting_port,
     wait_until,
@@ -50,18 +49,6 @@ TIMING_OUT = "The upstream server is timing out"
 def echo_server() -> Iterator[Server]:
     with serve_asgi(EchoUpstream()) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def raw_server() -> Iterator[RawServer]:
-    with RawServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def closed_port() -> Iterator[int]:
-    with refused_port() as port:
-        yield port
 
 
 def capturing(status: int = 200, headers: list[tuple[bytes, bytes]] | None = None) -> MockEngine:

@@ -104,6 +104,21 @@ def test_the_basic_gateway_script_serves_with_uvicorn(tmp_path: Path) -> None:
             process.wait()
 
 
+# -- load_balancing.py ----------------------------------------------------------------------
+
+
+@pytest.mark.servers
+async def test_the_load_balancing_example_balances_sticks_and_survives_a_dead_target() -> None:
+    results = await load_example("load_balancing").main()
+
+    assert results["weighted"] == {"a": 30, "b": 20, "c": 10}
+    assert all(len(servers) == 1 for servers in results["sticky"].values())
+    down = results["while b is down"]
+    assert down["statuses"] == {200: 12}
+    assert list(down["health"].values()) == ["HEALTHY", "UNHEALTHY", "HEALTHY"]
+    assert results["after b came back"] == {"a": 4, "b": 4, "c": 4}
+
+
 # -- custom_plugin.py ---------------------------------------------------------------------
 
 
@@ -197,6 +212,7 @@ async def test_the_gateway_mounted_under_api_and_as_middleware() -> None:
         (["examples/custom_plugin.py"], "tenant=acme route=reports status=200"),
         (["examples/declarative.py"], "round trip: True"),
         (["examples/mounted_in_starlette.py"], "middleware: /nothing"),
+        (["examples/load_balancing.py"], "b restarted and found healthy"),
     ],
 )
 def test_an_example_runs_as_a_script(args: list[str], expected: str) -> None:

@@ -13,6 +13,8 @@ import pygateway.plugins
 
 EXPECTED = {
     pygateway: [
+        "CACertificate",
+        "Certificate",
         "Configuration",
         "ConfigurationError",
         "Consumer",

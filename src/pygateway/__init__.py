@@ -13,7 +13,17 @@ from __future__ import annotations
 
 from . import engines, plugins
 from ._context import Context, Request, ResponseState, UpstreamRequestState
-from ._entities import Consumer, Credential, KeyAuthCredential, Route, Service, Target, Upstream
+from ._entities import (
+    CACertificate,
+    Certificate,
+    Consumer,
+    Credential,
+    KeyAuthCredential,
+    Route,
+    Service,
+    Target,
+    Upstream,
+)
 from ._exceptions import (
     ConfigurationError,
     PluginDeclarationError,
@@ -32,6 +42,8 @@ from ._version import __version__
 from .plugins import Plugin, Scoped
 
 __all__ = [
+    "CACertificate",
+    "Certificate",
     "Configuration",
     "ConfigurationError",
     "Consumer",

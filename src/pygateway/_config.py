@@ -16,7 +16,17 @@ from typing import Any, TypeVar
 
 import attrs
 
-from ._entities import Consumer, Credential, Route, Service, Target, Upstream, entity_id
+from ._entities import (
+    CACertificate,
+    Certificate,
+    Consumer,
+    Credential,
+    Route,
+    Service,
+    Target,
+    Upstream,
+    entity_id,
+)
 from ._exceptions import ConfigurationError, PathPart
 from ._schema import plain
 from ._snapshot import Configuration
@@ -31,8 +41,6 @@ E = TypeVar("E")
 _FORMAT_VERSIONS = ("1.1", "2.1", "3.0")
 _IGNORED = frozenset({"created_at", "updated_at", "ws_id"})
 _UNSUPPORTED_TOP = (
-    "certificates",
-    "ca_certificates",
     "snis",
     "vaults",
     "key_sets",
@@ -43,6 +51,8 @@ _UNSUPPORTED_TOP = (
     "parameters",
 )
 _UNSUPPORTED_ROUTE = ("snis", "sources", "destinations", "expression", "priority")
+# A certificate's SNIs and alternate pair serve TLS to clients: the ASGI server's job.
+_UNSUPPORTED_CERTIFICATE = ("snis", "cert_alt", "key_alt")
 _PLUGIN_META = ("enabled", "instance_name", "protocols", "tags", "id")
 
 
@@ -156,6 +166,8 @@ class _Loader:
             "upstreams",
             "targets",
             "acls",
+            "certificates",
+            "ca_certificates",
             *Credential.registry,
         }
         for key, value in data.items():
@@ -246,6 +258,16 @@ class _Loader:
             for i, raw in enumerate(self.items(data, "plugins", ()))
             if (p := self.plugin(raw, ("plugins", i), top_level=True)) is not None
         ]
+        certificates = [
+            cert
+            for i, raw in enumerate(self.items(data, "certificates", ()))
+            if (cert := self.certificate(raw, ("certificates", i))) is not None
+        ]
+        ca_certificates = [
+            ca
+            for i, raw in enumerate(self.items(data, "ca_certificates", ()))
+            if (ca := self.ca_certificate(raw, ("ca_certificates", i))) is not None
+        ]
         if self.errors:
             raise ConfigurationError(errors=self.errors)
         try:
@@ -255,6 +277,8 @@ class _Loader:
                 consumers=tuple(consumers),
                 upstreams=tuple(upstreams),
                 plugins=tuple(plugins),
+                certificates=tuple(certificates),
+                ca_certificates=tuple(ca_certificates),
             )
         except ConfigurationError:
             raise
@@ -272,6 +296,7 @@ class _Loader:
             if (route := self.route(raw_route, (*path, "routes", i), top_level=False)) is not None
         )
         fields["plugins"] = self.nested_plugins(fields, path)
+        _certificate_refs(fields)
         return self.build(Service, fields, path)
 
     def route(self, raw: Any, path: Path_, *, top_level: bool) -> Route | None:
@@ -344,12 +369,11 @@ class _Loader:
         return self.build(cls, fields, path)
 
     def upstream(self, raw: Any, path: Path_, extra: dict[str, list[Target]]) -> Upstream | None:
-        allowed = {a.name for a in attrs.fields(Upstream)} | {"client_certificate"}
+        allowed = {a.name for a in attrs.fields(Upstream)}
         fields = self.fields(raw, path, allowed)
         if fields is None:
             return None
-        if fields.pop("client_certificate", None):
-            self.fail((*path, "client_certificate"), "not supported by pygateway yet")
+        _certificate_refs(fields)
         targets = [
             target
             for i, raw_target in enumerate(self.items(fields, "targets", path))
@@ -375,6 +399,31 @@ class _Loader:
             self.fail((*path, "target"), "required field missing")
             return None
         return self.build(Target, fields, path)
+
+    def certificate(self, raw: Any, path: Path_) -> Certificate | None:
+        allowed = {"cert", "key", "tags", "id", *_UNSUPPORTED_CERTIFICATE}
+        fields = self.fields(raw, path, allowed)
+        if fields is None:
+            return None
+        for key in _UNSUPPORTED_CERTIFICATE:
+            if fields.pop(key, None):
+                self.fail((*path, key), "not supported by pygateway yet")
+        if not self.required(fields, ("cert", "key"), path):
+            return None
+        return self.build(Certificate, fields, path)
+
+    def ca_certificate(self, raw: Any, path: Path_) -> CACertificate | None:
+        fields = self.fields(raw, path, {"cert", "cert_digest", "tags", "id"})
+        if fields is None or not self.required(fields, ("cert",), path):
+            return None
+        fields.pop("cert_digest", None)  # computed from the certificate, as Kong does
+        return self.build(CACertificate, fields, path)
+
+    def required(self, fields: dict[str, Any], keys: tuple[str, ...], path: Path_) -> bool:
+        missing = [key for key in keys if key not in fields]
+        for key in missing:
+            self.fail((*path, key), "required field missing")
+        return not missing
 
     def nested_plugins(self, fields: dict[str, Any], path: Path_) -> tuple[Plugin | Scoped, ...]:
         raw = self.items(fields, "plugins", path)
@@ -434,6 +483,21 @@ def _consumer_id(fields: Mapping[str, Any]) -> str:
     return ""
 
 
+def _certificate_refs(fields: dict[str, Any]) -> None:
+    """Kong writes `client_certificate: {id: ..}` and `ca_certificates: [id, ..]`: keep the
+    ids (anything else is left for the entity to refuse)."""
+    if "client_certificate" in fields:
+        fields["client_certificate"] = _ref_id(fields["client_certificate"])
+    if isinstance(fields.get("ca_certificates"), list):
+        fields["ca_certificates"] = [_ref_id(v) for v in fields["ca_certificates"]]
+
+
+def _ref_id(value: Any) -> Any:
+    if isinstance(value, Mapping) and set(value) == {"id"}:
+        return value["id"]
+    return value
+
+
 def _ref(value: Any) -> str | None:
     """A foreign key as Kong writes it: a name or id string, or `{id: ..}` / `{name: ..}`."""
     if value is None:
@@ -458,8 +522,17 @@ def entity_fields(entity: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
         value = getattr(entity, a.name)
         if value is None or a.name == "url":
             continue
-        out[a.name] = plain(value)
+        if a.name == "client_certificate":  # by id, even when given inline
+            out[a.name] = {"id": _id_of(value)}
+        elif a.name == "ca_certificates":
+            out[a.name] = [_id_of(v) for v in value]
+        else:
+            out[a.name] = plain(value)
     return out
+
+
+def _id_of(entity: Any) -> Any:
+    return entity if isinstance(entity, str) else entity.id
 
 
 def dump_plugin(entry: Plugin | Scoped) -> dict[str, Any]:
@@ -492,6 +565,10 @@ def dump_service(service: Service) -> dict[str, Any]:
 def dump(config: Configuration) -> dict[str, Any]:
     """The configuration as a Kong 3.0 declarative document (nested form)."""
     out: dict[str, Any] = {"_format_version": "3.0"}
+    if config.certificates:
+        out["certificates"] = [entity_fields(c) for c in config.certificates]
+    if config.ca_certificates:
+        out["ca_certificates"] = [entity_fields(c) for c in config.ca_certificates]
     if config.services:
         out["services"] = [dump_service(s) for s in config.services]
     if config.routes:

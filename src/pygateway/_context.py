@@ -257,6 +257,7 @@ class Context:
 
     __slots__ = (
         "_plugin_states",
+        "balancer_cookie",
         "consumer",
         "credential",
         "current_plugin",
@@ -309,6 +310,8 @@ class Context:
         #: One entry per upstream attempt: {"ip", "port", "error"?}.
         self.tries: list[dict[str, Any]] = []
         self.current_plugin: Plugin | None = None
+        #: (Set-Cookie value, cookie value) when cookie hashing gave this client a cookie.
+        self.balancer_cookie: tuple[str, str] | None = None
         self._plugin_states: dict[int, dict[str, Any]] = {}
 
     @property

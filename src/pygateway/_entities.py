@@ -1,4 +1,5 @@
-"""The configuration entities: Service, Route, Consumer, credentials, Upstream, Target.
+"""The configuration entities: Service, Route, Consumer, credentials, Upstream, Target,
+and the certificates services present and trust upstream.
 
 Immutable attrs classes with Kong's field names, defaults and units (timeouts in ms). Each is
 checked when it is constructed, from Python or from a declarative file alike, and a problem
@@ -8,9 +9,13 @@ raises `ConfigurationError` naming the field: `paths[0]: non-normalized path, co
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import ipaddress
 import re
 import secrets
+import ssl
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
@@ -21,10 +26,14 @@ import attrs
 from . import _schema
 from ._exceptions import ConfigurationError, PathPart
 from ._schema import field
+from .balancers._health import Healthchecks
+from .engines._base import load_cert_chain
 from .plugins._base import Plugin, Scoped
 from .routing._paths import check_regex, normalize_path, translate_regex
 
 __all__ = [
+    "CACertificate",
+    "Certificate",
     "Consumer",
     "Credential",
     "KeyAuthCredential",
@@ -100,6 +109,23 @@ def _check_plugins(plugins: Sequence[Any]) -> str | None:
         if not isinstance(p, Plugin | Scoped):
             return f"expected a Plugin (got {type(p).__name__})"
     return None
+
+
+def _reference(value: Any) -> Any:
+    """What a reference compares by: a certificate given inline equals its id."""
+    return value if isinstance(value, str) else getattr(value, "id", value)
+
+
+def _references(values: Sequence[Any] | None) -> Any:
+    return None if values is None else tuple(_reference(v) for v in values)
+
+
+def _check_reference(value: Any) -> str | None:
+    return _check_uuid(value) if isinstance(value, str) else None
+
+
+#: The metadata of a field referring to an entity (given inline, or by its id).
+_REFERENCE = {"checks": [_check_reference]}
 
 
 @attrs.frozen(kw_only=True)
@@ -207,6 +233,8 @@ class Service:
 
     Give either `url` ("http://users.internal:8080/v1") or `protocol`/`host`/`port`/`path`.
     `host` may name an `Upstream`, whose targets are then balanced. Timeouts are in ms.
+    For https: `tls_verify`, `ca_certificates` (CACertificates or their ids: the only CAs
+    trusted) and `client_certificate` (a Certificate or its id, for mTLS).
     """
 
     name: str | None = field(None, check=_schema.check_name)
@@ -221,8 +249,12 @@ class Service:
     read_timeout: int = field(60_000, between=(1, _MAX_TIMEOUT))
     tls_verify: bool | None = None
     tls_verify_depth: int | None = field(None, between=(0, 64))
-    ca_certificates: Sequence[str] | None = None
-    client_certificate: str | None = None
+    ca_certificates: Sequence[CACertificate | str] | None = attrs.field(
+        default=None, eq=_references
+    )
+    client_certificate: Certificate | str | None = attrs.field(
+        default=None, eq=_reference, metadata=_REFERENCE
+    )
     enabled: bool = True
     tags: Sequence[str] = field((), check=_check_tags)
     routes: Sequence[Route] = ()
@@ -260,9 +292,14 @@ class Service:
         for key, value in tls_only.items():
             if value is not None and self.protocol != "https":
                 errors.append(((key,), "value must be null when 'protocol' is not 'https'"))
-            elif value is not None and key != "tls_verify":
-                # Accepting these and connecting without them would be a silent downgrade.
+            elif value is not None and key == "tls_verify_depth":
+                # Python's ssl module cannot limit the chain depth: accepting it and
+                # verifying without the limit would be a silent downgrade.
                 errors.append(((key,), "not supported by pygateway yet"))
+        for i, ref in enumerate(self.ca_certificates or ()):
+            reason = _check_reference(ref)
+            if reason:
+                errors.append((("ca_certificates", i), reason))
         if errors:
             raise ConfigurationError(errors=errors)
         if self.id is None and self.name:
@@ -418,8 +455,11 @@ class Upstream:
     hash_fallback_uri_capture: str | None = None
     slots: int = field(10_000, between=(10, 65536))
     host_header: str | None = field(None, check=_check_host)
+    client_certificate: Certificate | str | None = attrs.field(
+        default=None, eq=_reference, metadata=_REFERENCE
+    )
     use_srv_name: bool = False
-    healthchecks: Mapping[str, Any] | None = None
+    healthchecks: Healthchecks = attrs.field(factory=Healthchecks)
     tags: Sequence[str] = field((), check=_check_tags)
     targets: Sequence[Target] = ()
     id: str | None = field(None, eq=False, check=_check_uuid)
@@ -436,11 +476,12 @@ class Upstream:
             raise ConfigurationError(
                 f"Invalid name ('{self.name}'); must be a valid hostname", path=("name",)
             )
-        if self.hash_on == "none" and self.hash_fallback != "none":
-            raise ConfigurationError(
-                "failed conditional validation given value of field 'hash_on'",
-                path=("hash_fallback",),
-            )
+        errors = _hash_errors(self)
+        if errors:
+            raise ConfigurationError(errors=errors)
+        if self.hash_on != "none" and self.algorithm == "round-robin":
+            # Kong: hashing on something means consistent hashing.
+            object.__setattr__(self, "algorithm", "consistent-hashing")
         seen: set[str] = set()
         for i, t in enumerate(self.targets):
             if t.target in seen:
@@ -448,3 +489,131 @@ class Upstream:
             seen.add(t.target)
         if self.id is None:
             object.__setattr__(self, "id", entity_id("upstreams", self.name))
+
+
+_HASH_NAMES = {"header": "header", "query_arg": "query_arg", "uri_capture": "uri_capture"}
+
+
+def _hash_errors(upstream: Upstream) -> list[tuple[tuple[PathPart, ...], str]]:
+    """Kong's rules for the hash fields: what `hash_on`/`hash_fallback` need, and that the
+    fallback differs from the primary."""
+    errors: list[tuple[tuple[PathPart, ...], str]] = []
+    on, fallback = upstream.hash_on, upstream.hash_fallback
+    if fallback != "none" and on in ("none", "cookie"):
+        errors.append(
+            (("hash_fallback",), "failed conditional validation given value of field 'hash_on'")
+        )
+    if on == "cookie" and not upstream.hash_on_cookie:
+        errors.append((("hash_on_cookie",), "required field missing"))
+    for prefix, kind in (("hash_on", on), ("hash_fallback", fallback)):
+        if kind in _HASH_NAMES and not getattr(upstream, f"{prefix}_{kind}"):
+            errors.append(((f"{prefix}_{kind}",), "required field missing"))
+    if on == fallback and on in _HASH_NAMES:
+        if getattr(upstream, f"hash_on_{on}") == getattr(upstream, f"hash_fallback_{on}"):
+            errors.append(((f"hash_fallback_{on}",), f"must be different from 'hash_on_{on}'"))
+    elif on == fallback and on != "none":
+        errors.append((("hash_fallback",), "must be different from 'hash_on'"))
+    return errors
+
+
+# -- certificates for TLS to upstreams ------------------------------------------------------
+
+_PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", re.S)
+_SSL_LOCATION = re.compile(r"\s*\(_ssl\.c:\d+\)$")
+
+
+def _ssl_reason(exc: Exception) -> str:
+    """OpenSSL's message without the `(_ssl.c:1234)` location."""
+    text = exc.args[1] if isinstance(exc, ssl.SSLError) and len(exc.args) > 1 else str(exc)
+    return _SSL_LOCATION.sub("", str(text))
+
+
+def _trusting(pem: str) -> ssl.SSLContext:
+    """A context whose store holds the certificates in `pem`: OpenSSL parses each of them.
+
+    Raises ConfigurationError (on `cert`) when the text holds no certificate or a bad one.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cadata=pem)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigurationError(
+            f"invalid certificate: {_ssl_reason(exc)}", path=("cert",)
+        ) from None
+    return context
+
+
+def _der(pem: str) -> bytes:
+    """The DER bytes of every certificate in `pem`, one after the other."""
+    return b"".join(base64.b64decode("".join(m.split())) for m in _PEM_CERTIFICATE.findall(pem))
+
+
+@attrs.frozen(kw_only=True)
+class Certificate:
+    """A certificate and its private key, both PEM: the client certificate a Service (or
+    an Upstream, for its targets) presents to upstreams that ask for one (mTLS).
+
+    `cert` may hold the whole chain, leaf first. The key must match the certificate
+    (`certificate does not match key`) and must not be encrypted. Without an `id`, the id
+    is derived from the certificate, so a reloaded file keeps it:
+
+        client = Certificate(cert=Path("a.crt").read_text(), key=Path("a.key").read_text())
+        Service(url="https://billing.internal", client_certificate=client)
+    """
+
+    cert: str
+    key: str = attrs.field(repr=False)
+    tags: Sequence[str] = field((), check=_check_tags)
+    id: str | None = field(None, eq=False, check=_check_uuid)
+
+    def __attrs_post_init__(self) -> None:
+        _schema.validate(self)
+        _trusting(self.cert)
+        try:
+            load_cert_chain(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), self.cert, self.key)
+        except ssl.SSLError as exc:
+            if exc.reason == "KEY_VALUES_MISMATCH":
+                raise ConfigurationError("certificate does not match key") from None
+            raise ConfigurationError(f"invalid key: {_ssl_reason(exc)}", path=("key",)) from None
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid key: {exc}", path=("key",)) from None
+        if self.id is None:
+            digest = hashlib.sha256(_der(self.cert)).hexdigest()
+            object.__setattr__(self, "id", entity_id("certificates", digest))
+
+
+@attrs.frozen(kw_only=True)
+class CACertificate:
+    """One trusted CA certificate (PEM): a Service that lists it in `ca_certificates`
+    verifies its upstream against these CAs only, instead of the system's store.
+
+    Kong's rules apply: a single certificate, with the "CA" basic constraint, not expired.
+    `cert_digest` (the SHA-256 of its DER form, hex) is computed, unique per gateway, and
+    the default `id` is derived from it.
+    """
+
+    cert: str
+    cert_digest: str = attrs.field(default="", init=False)
+    tags: Sequence[str] = field((), check=_check_tags)
+    id: str | None = field(None, eq=False, check=_check_uuid)
+
+    def __attrs_post_init__(self) -> None:
+        _schema.validate(self)
+        if len(_PEM_CERTIFICATE.findall(self.cert)) > 1:
+            raise ConfigurationError("please submit only one certificate at a time", path=("cert",))
+        authorities = _trusting(self.cert).get_ca_certs()
+        if not authorities:
+            raise ConfigurationError(
+                'certificate does not appear to be a CA because it is missing the "CA" '
+                "basic constraint",
+                path=("cert",),
+            )
+        not_after = authorities[0].get("notAfter")
+        if isinstance(not_after, str) and ssl.cert_time_to_seconds(not_after) < time.time():
+            raise ConfigurationError(
+                'certificate expired, "Not After" time is in the past', path=("cert",)
+            )
+        digest = hashlib.sha256(_der(self.cert)).hexdigest()
+        object.__setattr__(self, "cert_digest", digest)
+        if self.id is None:
+            object.__setattr__(self, "id", entity_id("ca_certificates", digest))

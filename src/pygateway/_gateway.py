@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sized
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sized
 from typing import Any
 
 import anyio
+import anyio.from_thread
 import attrs
 
-from ._entities import Consumer, Route, Service, Upstream
+from ._entities import CACertificate, Certificate, Consumer, Route, Service, Target, Upstream
 from ._exceptions import ConfigurationError
 from ._proxy import TrustedIPs
 from ._runloop import handle_http
 from ._snapshot import Configuration, Snapshot
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from ._version import __version__
+from .balancers._dns import Resolver
+from .balancers._pool import UpstreamPool
 from .engines import Engine, HttpxEngine
 from .plugins._base import Plugin, Scoped
 
@@ -60,9 +66,10 @@ class Gateway:
     """An API gateway as an ASGI application.
 
     Args:
-        services, routes, consumers, upstreams, plugins: the configuration entities. Routes
-            are usually nested in their Service; top-level `routes` name theirs with `service=`.
-            `plugins` here are global, or placed with `Scoped(...)`.
+        services, routes, consumers, upstreams, plugins, certificates, ca_certificates: the
+            configuration entities. Routes are usually nested in their Service; top-level
+            `routes` name theirs with `service=`. `plugins` here are global, or placed with
+            `Scoped(...)`. Certificates may also be given inline where services use them.
         engine: sends upstream requests (default `HttpxEngine()`).
         engines: engines for particular upstream hosts, by Service host / Upstream name, e.g.
             `{"users.internal": ASGIEngine(users_app)}`.
@@ -74,6 +81,8 @@ class Gateway:
             or "off".
         headers_upstream: "request_id" (default) or "off".
         tls_verify: verify upstream certificates unless a Service says otherwise.
+        dns_servers: name servers for Upstream targets given as host names, as "host:port"
+            (Consul's DNS interface: `["127.0.0.1:8600"]`). By default the system's.
         config: a whole `Configuration` (another gateway's `.config`, say) instead of the
             entity arguments; it is used as is, not rebuilt.
 
@@ -81,8 +90,9 @@ class Gateway:
         ConfigurationError: when the configuration is invalid, naming each field path.
 
     Serve it with any ASGI server (`uvicorn app:gateway`), mount it, or wrap an app with
-    `GatewayMiddleware`. Resources start lazily on the first request, or explicitly with the
-    ASGI lifespan or `async with gateway:`.
+    `GatewayMiddleware`. Resources start with the ASGI lifespan or `async with gateway:`,
+    or else lazily on the first request (then active health checks run in a thread of
+    their own).
     """
 
     def __init__(
@@ -93,6 +103,8 @@ class Gateway:
         consumers: Iterable[Consumer] = (),
         upstreams: Iterable[Upstream] = (),
         plugins: Iterable[Plugin | Scoped] = (),
+        certificates: Iterable[Certificate] = (),
+        ca_certificates: Iterable[CACertificate] = (),
         engine: Engine | None = None,
         engines: Mapping[str, Engine] | None = None,
         trusted_ips: Iterable[str] = (),
@@ -101,6 +113,7 @@ class Gateway:
         headers: Iterable[str] = ("server_tokens", "latency_tokens", "request_id"),
         headers_upstream: Iterable[str] = ("request_id",),
         tls_verify: bool = True,
+        dns_servers: Iterable[str] | None = None,
         config: Configuration | None = None,
     ) -> None:
         entities = {
@@ -109,6 +122,8 @@ class Gateway:
             "consumers": consumers,
             "upstreams": upstreams,
             "plugins": plugins,
+            "certificates": certificates,
+            "ca_certificates": ca_certificates,
         }
         if config is None:
             config = _configuration(**entities)
@@ -141,12 +156,20 @@ class Gateway:
             "headers_upstream": ["request_id"] if self.settings.request_id_upstream else ["off"],
             "tls_verify": tls_verify,
         }
+        if isinstance(dns_servers, str):
+            raise ConfigurationError("expected an array", path=("dns_servers",))
+        self.resolver = Resolver(list(dns_servers) if dns_servers is not None else None)
+        #: Identifies this gateway (node) in health reports and, later, in a cluster.
+        self.node_id = str(uuid.uuid4())
         self.engine: Engine = engine if engine is not None else HttpxEngine()
         self.engines: dict[str, Engine] = dict(engines or {})
-        self.snapshot = Snapshot(config)
+        #: One pool per Upstream name, for the gateway's life (see `configure`).
+        self.pools: dict[str, UpstreamPool] = {}
+        self._background: _Background | None = None
         self._started = False
         self._starting: anyio.Lock | None = None
         self._started_plugins: list[Plugin] = []
+        self.snapshot = self._go_live(Snapshot(config))
 
     # -- configuration --------------------------------------------------------------------
 
@@ -158,9 +181,54 @@ class Gateway:
     def configure(self, config: Configuration) -> None:
         """Swap to a new configuration atomically; in-flight requests finish on the old one.
 
+        Upstreams keep their state across the swap: targets that stay keep their health and
+        in-flight counts, removed ones finish the requests they have, added ones join.
+
         Raises ConfigurationError (and changes nothing) if the new configuration is invalid.
         """
-        self.snapshot = Snapshot(config)
+        self.snapshot = self._go_live(Snapshot(config))
+
+    def _go_live(self, snapshot: Snapshot) -> Snapshot:
+        """Give a validated snapshot the gateway's upstream pools, updated to it."""
+        pools: dict[str, UpstreamPool] = {}
+        for name, upstream in snapshot.upstreams.items():
+            pool = self.pools.get(name)
+            if pool is None:
+                pool = UpstreamPool(upstream, self.resolver)
+            else:
+                pool.update(upstream)
+            pools[name] = pool
+        for name, pool in self.pools.items():
+            if name not in pools:
+                pool.close()
+        self.pools = snapshot.pools = pools
+        self._start_checks()
+        return snapshot
+
+    # -- upstream health ------------------------------------------------------------------
+
+    def _pool(self, upstream: str) -> UpstreamPool:
+        pool = self.pools.get(upstream)
+        if pool is None:
+            raise LookupError(f"no upstream named {upstream!r}")
+        return pool
+
+    def upstream_health(self, upstream: str, *, balancer: bool = False) -> dict[str, Any]:
+        """The health of an Upstream's targets and their addresses, in the shape of Kong's
+        `GET /upstreams/{name}/health` (HEALTHY, UNHEALTHY, DNS_ERROR or HEALTHCHECKS_OFF);
+        with `balancer=True`, the upstream's own health (`?balancer_health=1`)."""
+        pool = self._pool(upstream)
+        if balancer:
+            return {"data": pool.balancer_health(), "node_id": self.node_id}
+        return {**pool.health_report(), "node_id": self.node_id}
+
+    def set_target_health(
+        self, upstream: str, target: str, healthy: bool, *, address: str | None = None
+    ) -> None:
+        """Mark a target (or one of its addresses, "ip" or "ip:port") healthy or unhealthy
+        by hand, as Kong's `POST /upstreams/{u}/targets/{t}/healthy|unhealthy`. Health
+        checks that are on may change it again; counters restart."""
+        self._pool(upstream).set_health(Target(target).target, healthy, address)
 
     @classmethod
     def from_config(
@@ -186,7 +254,13 @@ class Gateway:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start plugins' resources (`startup` phases). Idempotent; called lazily otherwise."""
+        """Start plugins' resources (`startup` phases), resolve upstream targets' names and
+        start active health checks, which run in a task group of the calling task until
+        `aclose()`: call both from the same task (`async with gateway:` and the ASGI
+        lifespan do). Idempotent."""
+        await self._start(lazily=False)
+
+    async def _start(self, *, lazily: bool) -> None:
         if self._started:
             return
         if self._starting is None:
@@ -198,10 +272,42 @@ class Gateway:
                 if type(plugin).implements("startup"):
                     await plugin.startup(self)
                     self._started_plugins.append(plugin)
+            await self._resolve_targets()
+            if not lazily:
+                self._background = await _TaskGroupBackground.open()
             self._started = True
+            self._start_checks()
+
+    async def _resolve_targets(self) -> None:
+        now = time.monotonic()
+        async with anyio.create_task_group() as tg:
+            for pool in self.pools.values():
+                if pool.due <= now:
+                    tg.start_soon(pool.refresh)
+
+    def _start_checks(self) -> None:
+        """Run active checks for the pools that want them and have none running."""
+        if not self._started:
+            return
+        pools = [p for p in self.pools.values() if p.wants_checks and not p.checking]
+        if not pools:
+            return
+        if self._background is None:
+            # Started by a request, the gateway has no task of its own to hold a task
+            # group: its checks get an event loop in a thread.
+            self._background = _ThreadBackground.open()
+        for pool in pools:
+            pool.checking = True  # before the task runs: not started twice
+            self._background.spawn(pool.run_checks)
 
     async def aclose(self) -> None:
-        """Stop plugins and close upstream connections."""
+        """Stop health checks and plugins, and close upstream connections."""
+        background, self._background = self._background, None
+        self._started = False
+        if background is not None:
+            await background.aclose()
+            for pool in self.pools.values():
+                pool.checking = False
         plugins, self._started_plugins = self._started_plugins, []
         for plugin in reversed(plugins):
             try:
@@ -210,7 +316,6 @@ class Gateway:
                 logger.exception("plugin %r failed in shutdown", plugin.name)
         for engine in {id(e): e for e in (self.engine, *self.engines.values())}.values():
             await engine.aclose()
-        self._started = False
         self._starting = None  # the lock belongs to this event loop; a restart may use another
 
     async def __aenter__(self) -> Gateway:
@@ -226,7 +331,7 @@ class Gateway:
         kind = scope["type"]
         if kind == "http":
             if not self._started:
-                await self.start()
+                await self._start(lazily=True)
             await handle_http(self, self.snapshot, scope, receive, send)
         elif kind == "lifespan":
             await _lifespan(self, receive, send)
@@ -300,7 +405,7 @@ class GatewayMiddleware:
         if kind == "http":
             gateway = self.gateway
             if not gateway._started:
-                await gateway.start()
+                await gateway._start(lazily=True)
             await handle_http(gateway, gateway.snapshot, scope, receive, send, fallback=self.app)
         elif kind == "lifespan":
             await self._lifespan(scope, receive, send)
@@ -317,7 +422,9 @@ class GatewayMiddleware:
             seen.append(message["type"])
             if message["type"] == "lifespan.startup":
                 try:
-                    await gateway.start()
+                    # The host app's lifespan owns this task: whether it keeps start and
+                    # aclose nested is not ours to know, so checks get a thread.
+                    await gateway._start(lazily=True)
                 except Exception as exc:
                     startup_failed.append(repr(exc))
             return message
@@ -337,3 +444,68 @@ class GatewayMiddleware:
                 raise  # the app speaks lifespan and failed in it: the server reports that
             # The wrapped app does not speak lifespan: run the gateway's own.
             await _lifespan(gateway, receive, send, startup_received="lifespan.startup" in seen)
+
+
+class _Background:
+    """Where the gateway's own background tasks (active health checks) run."""
+
+    def spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+
+async def _guarded(fn: Callable[[], Awaitable[None]]) -> None:
+    """A background task never takes its host down: failures are logged."""
+    try:
+        await fn()
+    except Exception:
+        logger.exception("background task %r failed", fn)
+
+
+class _TaskGroupBackground(_Background):
+    """A task group held open by the task that started the gateway, until `aclose`."""
+
+    def __init__(self, group: anyio.abc.TaskGroup) -> None:
+        self.group = group
+
+    @classmethod
+    async def open(cls) -> _TaskGroupBackground:
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        return cls(group)
+
+    def spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
+        self.group.start_soon(_guarded, fn)
+
+    async def aclose(self) -> None:
+        self.group.cancel_scope.cancel()
+        await self.group.__aexit__(None, None, None)
+
+
+class _ThreadBackground(_Background):
+    """An event loop in a daemon thread (asyncio), for a gateway started by a request."""
+
+    def __init__(self, stack: contextlib.ExitStack, portal: anyio.from_thread.BlockingPortal):
+        self.stack = stack
+        self.portal = portal
+
+    @classmethod
+    def open(cls) -> _ThreadBackground:
+        stack = contextlib.ExitStack()
+        portal = stack.enter_context(
+            anyio.from_thread.start_blocking_portal(name="pygateway-health")
+        )
+        return cls(stack, portal)
+
+    def spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
+        self.portal.start_task_soon(_guarded, fn)
+
+    async def aclose(self) -> None:
+        def stop() -> None:
+            with contextlib.suppress(RuntimeError):
+                self.portal.call(self.portal.stop, True)
+            self.stack.close()
+
+        await anyio.to_thread.run_sync(stop)

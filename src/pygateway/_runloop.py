@@ -1,7 +1,7 @@
 """The life of one HTTP request, as one readable function: `handle_http`.
 
     rewrite (global plugins) -> route -> access (plugins by priority, scope resolved lazily)
-    -> balance + engine.send (retrying connect failures) -> response / header_filter /
+    -> balance + engine.send (retrying on another peer) -> response / header_filter /
     body_filter (streamed) -> log (after the last byte)
 
 A plugin that answers early skips the remaining `access` handlers; header_filter, body_filter
@@ -26,7 +26,7 @@ import anyio
 import anyio.lowlevel
 
 from ._context import ClientDisconnect, Context, Request, ResponseState, UpstreamRequestState, _Body
-from ._exceptions import UpstreamConnectError, UpstreamError
+from ._exceptions import UpstreamConnectError, UpstreamError, UpstreamTimeout
 from ._headers import Headers
 from ._proxy import (
     body_framing,
@@ -46,10 +46,12 @@ from ._responses import ErrorResponse, Response, error_response
 from .engines import UpstreamRequest, UpstreamResponse
 
 if TYPE_CHECKING:
-    from ._entities import Service, Target
+    from ._entities import Service
     from ._gateway import Gateway
     from ._snapshot import Snapshot
     from ._types import ASGIApp, Message, Receive, Scope, Send
+    from .balancers import Peer
+    from .balancers._health import Outcome
     from .plugins._base import Plugin
 
 __all__ = ["handle_http"]
@@ -506,21 +508,6 @@ async def _filter_phase(
         ctx.current_plugin = None
 
 
-def _targets(ctx: Context, service: Service) -> tuple[str, int, str | None, Target | None]:
-    """Where the next try goes: (host, port, host header override, balanced target)."""
-    snapshot = ctx.snapshot
-    assert service.host is not None
-    assert service.port is not None
-    balanced = snapshot.upstreams.get(service.host)
-    if balanced is None:
-        return service.host, service.port, None, None
-    upstream, balancer = balanced
-    target = balancer.select(ctx)
-    if target is None:
-        return "", 0, None, None
-    return target.host, target.port, upstream.host_header, target
-
-
 async def _proxy(
     ctx: Context,
     service: Service,
@@ -562,19 +549,30 @@ async def _proxy(
     passed_on += forwarded
     if length is not None:
         passed_on.append((b"content-length", length))
-    response: UpstreamResponse | None = None
+    pool = ctx.snapshot.pools.get(service.host or "")
+    if pool is not None and pool.due <= time.monotonic():
+        await pool.refresh()  # target names to resolve (once per TTL)
+    tried: list[Peer] = []
     tries = service.retries + 1
     for attempt in range(tries):
-        host, port, host_override, _ = _targets(ctx, service)
-        if not host:
-            await _answer(
-                ctx,
-                _error(ctx, 503, "failure to get a peer from the ring-balancer"),
-                collected,
-                started,
-                send,
-            )
-            return
+        peer: Peer | None = None
+        if pool is None:
+            assert service.host is not None
+            assert service.port is not None
+            host, port, hostname, host_override = service.host, service.port, service.host, None
+        else:
+            peer = pool.select(ctx, tried)
+            if peer is None:
+                reason = (
+                    "name resolution failed"
+                    if pool.dns_error
+                    else "failure to get a peer from the ring-balancer"
+                )
+                await _answer(ctx, _error(ctx, 503, reason), collected, started, send)
+                return
+            tried.append(peer)
+            host, port, hostname = peer.ip, peer.port, peer.hostname
+            host_override = pool.upstream.host_header
         headers = [*passed_on]
         headers.append(
             (
@@ -582,7 +580,12 @@ async def _proxy(
                 plugin_host
                 if plugin_host is not None
                 else upstream_host(
-                    route.preserve_host, host_header, host_override, host, port, service.protocol
+                    route.preserve_host,
+                    host_header,
+                    host_override,
+                    hostname,
+                    port,
+                    service.protocol,
                 ),
             )
         )
@@ -600,28 +603,37 @@ async def _proxy(
             tls_verify=bool(service.tls_verify)
             if service.tls_verify is not None
             else settings.tls_verify,
-            server_name=host_override or host,
+            server_name=host_override or hostname,
+            **ctx.snapshot.upstream_tls_kwargs(service),
         )
         ctx.latencies.setdefault("proxy", _ms(started))
         sent_at = time.perf_counter()
         ctx.tries.append({"ip": host, "port": port})
         try:
             response = await engine.send(outgoing)
-            break
         except UpstreamError as exc:
             ctx.tries[-1]["error"] = str(exc)
             if body.disconnected:
                 # The client went away while its body was sent: not the upstream's fault.
+                if peer is not None and pool is not None:
+                    pool.release(peer, outcome=None, status=None, elapsed=0.0)
                 raise ClientDisconnect() from exc
-            # After a connect error the next target gets the body again, unless part of a
-            # client stream is gone.
-            replayable = state.body is not None or body.buffered is not None or not body.started
-            if isinstance(exc, UpstreamConnectError) and attempt + 1 < tries and replayable:
+            if peer is not None and pool is not None:
+                failure: Outcome = "timeout" if isinstance(exc, UpstreamTimeout) else "tcp_failure"
+                pool.release(peer, outcome=failure, status=None, elapsed=_since(sent_at))
+            if attempt + 1 < tries and _retryable(exc, state, body):
                 content = _request_body(state, body)
                 continue
             await _answer(ctx, _error(ctx, exc.status_code, exc.message), collected, started, send)
             return
-    assert response is not None
+        except BaseException:
+            if peer is not None and pool is not None:
+                pool.release(peer, outcome=None, status=None, elapsed=_since(sent_at))
+            raise
+        break
+    else:  # pragma: no cover - the loop either breaks with a response or returns
+        raise AssertionError("unreachable")
+    elapsed = _since(sent_at)
     # An upstream that answered without reading the body will not read it: let the
     # disconnect watch have `receive`.
     body.release()
@@ -629,7 +641,31 @@ async def _proxy(
         ctx.latencies["upstream"] = _ms(sent_at)
         await _relay(ctx, response, collected, started, send)
     finally:
-        await response.aclose()
+        try:
+            await response.aclose()
+        finally:
+            if peer is not None and pool is not None:
+                pool.release(peer, outcome=None, status=response.status_code, elapsed=elapsed)
+
+
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+
+
+def _retryable(exc: UpstreamError, state: UpstreamRequestState, body: _Body) -> bool:
+    """Whether a failed try may go to the next target.
+
+    A connect failure sent nothing, so any request may go again; after that, only an
+    idempotent one (as nginx), and only if its body can be sent again: none, set by a
+    plugin, or buffered, not a client stream that is partly gone.
+    """
+    replayable = state.body is not None or body.buffered is not None or not body.started
+    if not replayable:
+        return False
+    return isinstance(exc, UpstreamConnectError) or state.method in _IDEMPOTENT
+
+
+def _since(started: float) -> float:
+    return time.perf_counter() - started
 
 
 async def _replay(content: bytes) -> Any:
@@ -658,6 +694,8 @@ def _response_head(ctx: Context, upstream: UpstreamResponse) -> Headers:
         added.append((b"x-pygateway-proxy-latency", b"%d" % latencies.get("proxy", 0)))
     if settings.request_id_header:
         added.append((b"x-pygateway-request-id", ctx.request_id.encode("latin-1")))
+    if ctx.balancer_cookie is not None:
+        raw.append((b"set-cookie", ctx.balancer_cookie[0].encode("latin-1")))
     if added:
         names = {k for k, _ in added}
         if any(k in names for k, _ in raw):

@@ -65,7 +65,10 @@ def freeze(value: Any) -> Any:
 
 
 def plain(value: Any) -> Any:
-    """`value` as plain JSON-able data: mappings become dicts, sequences lists."""
+    """`value` as plain JSON-able data: mappings become dicts, sequences lists, and nested
+    records (attrs instances) dicts of all their fields."""
+    if attrs.has(type(value)):
+        return {a.name: plain(getattr(value, a.name)) for a in attrs.fields(type(value))}
     if isinstance(value, tuple | list):
         return [plain(v) for v in value]
     if isinstance(value, Mapping):
@@ -241,7 +244,39 @@ def coerce(
             return freeze(value)
         return FrozenMap((k, coerce(v, item, (*path, k), errors)) for k, v in value.items())
     if isinstance(hint, type):
+        if issubclass(hint, Record) and isinstance(value, Mapping):
+            return record(hint, value, path, errors)
         if not isinstance(value, hint):
             errors.append((path, f"expected {describe(hint)}"))
         return value
     return value
+
+
+class Record:
+    """Base of nested configuration records (an Upstream's `healthchecks`): a field typed
+    with one accepts a mapping too, as declarative files give it. Subclasses are attrs
+    classes; they are checked like entities."""
+
+    def __attrs_post_init__(self) -> None:
+        validate(self)
+
+
+def record(
+    cls: type[Any],
+    value: Mapping[str, Any],
+    path: tuple[PathPart, ...],
+    errors: list[tuple[tuple[PathPart, ...], str]],
+) -> Any:
+    """A nested record given as a mapping (`{"active": {"timeout": 2}}`): built as `cls`,
+    with unknown keys and the record's own errors located under `path`."""
+    known = {a.name for a in attrs.fields(cls) if a.init}
+    unknown = [k for k in value if k not in known]
+    for key in unknown:
+        errors.append(((*path, key), "unknown field"))
+    if unknown:
+        return value
+    try:
+        return cls(**value)
+    except ConfigurationError as exc:
+        errors.extend(exc.prefixed(*path).errors)
+        return value

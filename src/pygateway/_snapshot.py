@@ -8,21 +8,30 @@ instances need a lookup per request; everything else is decided here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
 
 import attrs
 
 from . import _schema
-from ._entities import Consumer, Credential, Route, Service, Upstream
+from ._entities import (
+    CACertificate,
+    Certificate,
+    Consumer,
+    Credential,
+    Route,
+    Service,
+    Upstream,
+)
 from ._exceptions import ConfigurationError, PathPart
-from .balancers import Balancer, RoundRobin
+from .balancers._pool import UpstreamPool
 from .plugins._base import Plugin, Scoped, check_declaration
 from .routing import Router
 
-__all__ = ["Configuration", "PlanEntry", "Snapshot"]
+__all__ = ["Configuration", "PlanEntry", "Snapshot", "UpstreamTLS"]
 
 Path = tuple[PathPart, ...]
+E = TypeVar("E", Certificate, CACertificate)
 
 
 @attrs.frozen(kw_only=True)
@@ -34,9 +43,45 @@ class Configuration:
     consumers: Sequence[Consumer] = ()
     upstreams: Sequence[Upstream] = ()
     plugins: Sequence[Plugin | Scoped] = ()
+    certificates: Sequence[Certificate] = ()
+    ca_certificates: Sequence[CACertificate] = ()
 
     def __attrs_post_init__(self) -> None:
         _schema.validate(self)  # lists become tuples, like the entities'
+        # Certificates given inline (`Service(client_certificate=Certificate(...))`) are
+        # listed too, as Kong lists every entity at the top: references then resolve by id
+        # alone, and `dump` writes them where `load` expects them.
+        given = [s.client_certificate for s in self.services]
+        given += [u.client_certificate for u in self.upstreams]
+        certificates = _listing(self.certificates, Certificate, given)
+        authorities = _listing(
+            self.ca_certificates,
+            CACertificate,
+            (ca for s in self.services for ca in s.ca_certificates or ()),
+        )
+        object.__setattr__(self, "certificates", certificates)
+        object.__setattr__(self, "ca_certificates", authorities)
+
+
+def _listing(listed: Sequence[E], cls: type[E], given: Iterable[object]) -> tuple[E, ...]:
+    """`listed` plus the entities of type `cls` among `given` that it does not hold yet."""
+    out = list(listed)
+    for entity in given:
+        if isinstance(entity, cls) and not any(
+            e is entity or (e == entity and e.id == entity.id) for e in out
+        ):
+            out.append(entity)
+    return tuple(out)
+
+
+@attrs.frozen
+class UpstreamTLS:
+    """What an https Service's upstream connections trust and present, as PEM texts."""
+
+    #: The only CAs its upstream certificates are verified against (none: the system's).
+    ca_certificates: tuple[str, ...] = ()
+    #: (certificate chain, private key): the Service's, or else its Upstream's.
+    client_certificate: tuple[str, str] | None = None
 
 
 @attrs.frozen(eq=False)
@@ -129,15 +174,20 @@ class Snapshot:
                     else:
                         taken[key] = cpath
                 self.credentials.setdefault(credential.kind, []).append((credential, consumer))
-        self.upstreams: dict[str, tuple[Upstream, Balancer]] = {}
+        self.upstreams: dict[str, Upstream] = {}
         for i, upstream in enumerate(config.upstreams):
             if upstream.name in self.upstreams:
                 errors.append(
                     (("upstreams", i, "name"), f"UNIQUE violation detected on '{upstream.name}'")
                 )
-            self.upstreams[upstream.name] = (upstream, RoundRobin(upstream.targets))
+            self.upstreams[upstream.name] = upstream
+        #: The gateway's pool for each Upstream, set when the snapshot goes live (pools
+        #: outlive snapshots: a new configuration updates them in place).
+        self.pools: dict[str, UpstreamPool] = {}
 
         placed = self._place_plugins(config, services, routes, errors)
+        #: By `id(service)`, for https services with CA or client certificates.
+        self.upstream_tls = _upstream_tls(config, services, errors)
         if errors:
             raise ConfigurationError(errors=errors)
 
@@ -168,6 +218,16 @@ class Snapshot:
             self.rewrite_plugins[scheme] = tuple(p for p in globals_ if p.implements("rewrite"))
             for route, owner, _ in routes:
                 self.plans[id(route), scheme] = _plan(route, owner, applicable)
+
+    def upstream_tls_kwargs(self, service: Service) -> dict[str, Any]:
+        """The `UpstreamRequest` arguments for `service`'s TLS material (none: `{}`)."""
+        tls = self.upstream_tls.get(id(service))
+        if tls is None:
+            return {}
+        return {
+            "ca_certificates": tls.ca_certificates,
+            "client_certificate": tls.client_certificate,
+        }
 
     @staticmethod
     def _index_consumers(
@@ -311,6 +371,66 @@ def _index(
             return
     for key in present:
         table[key] = entity
+
+
+def _upstream_tls(
+    config: Configuration,
+    services: Sequence[tuple[Service, Path]],
+    errors: list[tuple[Path, str]],
+) -> dict[int, UpstreamTLS]:
+    """Resolve certificate references (by id) and gather each https service's material."""
+    certificates: dict[str, Certificate] = {}
+    for i, certificate in enumerate(config.certificates):
+        _index(certificates, certificate, (certificate.id,), ("certificates", i, "id"), errors)
+    authorities: dict[str, CACertificate] = {}
+    digests: dict[str, CACertificate] = {}
+    for i, ca in enumerate(config.ca_certificates):
+        _index(authorities, ca, (ca.id,), ("ca_certificates", i, "id"), errors)
+        _index(digests, ca, (ca.cert_digest,), ("ca_certificates", i, "cert_digest"), errors)
+
+    def find(table: dict[str, E], ref: E | str, path: Path, kind: str) -> E | None:
+        key = ref if isinstance(ref, str) else str(ref.id)
+        found = table.get(key)
+        if found is None:
+            errors.append(
+                (path, f"the foreign key '{key}' does not reference an existing '{kind}' entity")
+            )
+        return found
+
+    by_upstream: dict[str, Certificate] = {}
+    for i, upstream in enumerate(config.upstreams):
+        if upstream.client_certificate is not None:
+            path: Path = ("upstreams", i, "client_certificate")
+            found = find(certificates, upstream.client_certificate, path, "certificates")
+            if found is not None:
+                by_upstream[upstream.name] = found
+    out: dict[int, UpstreamTLS] = {}
+    for service, path in services:
+        client: Certificate | None = None
+        if service.client_certificate is not None:
+            client = find(
+                certificates,
+                service.client_certificate,
+                (*path, "client_certificate"),
+                "certificates",
+            )
+        elif service.host is not None:
+            # Kong: an upstream's certificate is used for its targets when the service
+            # has none of its own.
+            client = by_upstream.get(service.host)
+        trusted: list[str] = []
+        for j, authority in enumerate(service.ca_certificates or ()):
+            found_ca = find(
+                authorities, authority, (*path, "ca_certificates", j), "ca_certificates"
+            )
+            if found_ca is not None:
+                trusted.append(found_ca.cert)
+        if service.protocol == "https" and (client is not None or trusted):
+            out[id(service)] = UpstreamTLS(
+                ca_certificates=tuple(trusted),
+                client_certificate=None if client is None else (client.cert, client.key),
+            )
+    return out
 
 
 def _fmt(path: Path) -> str:

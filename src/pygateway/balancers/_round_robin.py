@@ -2,32 +2,42 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
-from ._base import Balancer
+from ._base import Balancer, Peer
 
 if TYPE_CHECKING:
     from .._context import Context
-    from .._entities import Target
+    from .._entities import Upstream
 
 
 class RoundRobin(Balancer):
-    """Each select adds every target's weight to its score and picks the highest score."""
+    """Each select adds every candidate's weight to its score, picks the highest score and
+    takes the total back from it: over any window of `sum(weights)` selects each peer is
+    picked `weight` times, interleaved (5:1:1 gives a a b a c a a, not a a a a a b c).
+    Unavailable peers sit out without disturbing the others' shares."""
 
-    def __init__(self, targets: Sequence[Target]) -> None:
-        self.targets = [t for t in targets if t.weight > 0]
-        self._scores = [0] * len(self.targets)
-        self._total = sum(t.weight for t in self.targets)
+    def __init__(self, upstream: Upstream) -> None:
+        super().__init__(upstream)
+        self._scores: dict[Peer, int] = {}
 
-    def select(self, ctx: Context | None = None) -> Target | None:
-        if not self.targets:
-            return None
+    def update(self, peers: Sequence[Peer]) -> None:
+        super().update(peers)
+        self._scores = {p: self._scores.get(p, 0) for p in self.peers}
+
+    def select(self, ctx: Context | None = None, avoid: Collection[Peer] = ()) -> Peer | None:
+        best: Peer | None = None
+        total = 0
         scores = self._scores
-        best = 0
-        for i, target in enumerate(self.targets):
-            scores[i] += target.weight
-            if scores[i] > scores[best]:
-                best = i
-        scores[best] -= self._total
-        return self.targets[best]
+        for peer in self.peers:
+            if not peer.available or peer in avoid:
+                continue
+            total += peer.weight
+            score = scores[peer] = scores[peer] + peer.weight
+            if best is None or score > scores[best]:
+                best = peer
+        if best is None:
+            return self.select(ctx) if avoid else None
+        scores[best] -= total
+        return best

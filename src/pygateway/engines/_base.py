@@ -13,6 +13,9 @@ open from `send` to `aclose` (ASGIEngine runs the app in one); the runloop close
 
 from __future__ import annotations
 
+import os
+import ssl
+import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -42,6 +45,10 @@ class UpstreamRequest:
     tls_verify: bool = True
     #: Host name for TLS SNI and certificate checks (defaults to `host`).
     server_name: str | None = None
+    #: PEM texts of the only CAs to trust (with `tls_verify`); empty: the system's store.
+    ca_certificates: tuple[str, ...] = ()
+    #: (certificate chain PEM, private key PEM) to present when the upstream asks (mTLS).
+    client_certificate: tuple[str, str] | None = None
     extensions: dict[str, Any] = attrs.field(factory=dict)
     #: The whole body once `read()` was awaited.
     content: bytes | None = None
@@ -62,6 +69,28 @@ class UpstreamRequest:
         if ":" in self.host and not self.host.startswith("["):
             netloc = f"[{self.host}]" if self.port == default else f"[{self.host}]:{self.port}"
         return f"{self.scheme}://{netloc}{self.target.decode('latin-1')}"
+
+
+def load_cert_chain(context: ssl.SSLContext, cert: str, key: str) -> None:
+    """Load a certificate chain and its private key, given as PEM texts, into `context`.
+
+    The ssl module reads them from files only: they are written to a private temporary
+    directory (mode 0700) and deleted as soon as they are loaded. Raises `ssl.SSLError` as
+    `SSLContext.load_cert_chain` does, and ValueError for an encrypted key (there is no
+    passphrase to give it, and OpenSSL must not prompt for one on the terminal).
+    """
+    with tempfile.TemporaryDirectory(prefix="pygateway-tls-") as directory:
+        cert_file = os.path.join(directory, "cert.pem")
+        key_file = os.path.join(directory, "key.pem")
+        for path, text in ((cert_file, cert), (key_file, key)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as file:
+                file.write(text)
+        context.load_cert_chain(cert_file, key_file, password=_no_passphrase)
+
+
+def _no_passphrase() -> bytes:
+    raise ValueError("encrypted keys are not supported")
 
 
 class _Replay:

@@ -3,7 +3,7 @@
 Transparent on purpose: it calls the transport directly, so there is no cookie jar, no
 environment proxies, no default headers and no decoding; each (scheme, host, port, TLS
 server name and settings) gets its own keep-alive pool, so a connection made for one server
-name is never reused for another.
+name, or presenting one client certificate, is never reused for another.
 """
 
 from __future__ import annotations
@@ -21,9 +21,12 @@ from .._exceptions import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from ._base import Engine, UpstreamRequest, UpstreamResponse
+from ._base import Engine, UpstreamRequest, UpstreamResponse, load_cert_chain
 
 __all__ = ["HttpxEngine"]
+
+#: What an SSLContext is built from: (tls_verify, CA PEM texts, (cert PEM, key PEM) or None).
+_TLSKey = tuple[bool, tuple[str, ...], tuple[str, str] | None]
 
 
 def _reason(exc: BaseException, default: str) -> str:
@@ -97,21 +100,24 @@ class HttpxEngine(Engine):
         )
         self._http2 = http2
         self._transports: dict[
-            tuple[str, str, int, bool, str | None], httpx.AsyncHTTPTransport
+            tuple[str, str, int, str | None, _TLSKey | None], httpx.AsyncHTTPTransport
         ] = {}
+        self._contexts: dict[_TLSKey, ssl.SSLContext] = {}
 
     def _transport(self, request: UpstreamRequest) -> httpx.AsyncHTTPTransport:
         # httpcore pools connections by (scheme, host, port): a TLS connection is bound to
-        # the name it was opened (SNI) and verified for, so each name needs a pool of its own.
-        server_name = (request.server_name or request.host) if request.scheme == "https" else None
-        key = (request.scheme, request.host, request.port, request.tls_verify, server_name)
+        # the name it was opened (SNI) and verified for, and to the client certificate it
+        # presented, so each name and each TLS setting needs a pool of its own.
+        server_name: str | None = None
+        tls: _TLSKey | None = None
+        if request.scheme == "https":
+            server_name = request.server_name or request.host
+            tls = (request.tls_verify, request.ca_certificates, request.client_certificate)
+        key = (request.scheme, request.host, request.port, server_name, tls)
         transport = self._transports.get(key)
         if transport is None:
-            verify: ssl.SSLContext | bool = request.tls_verify
-            if request.scheme == "https" and request.tls_verify:
-                verify = ssl.create_default_context()
             transport = httpx.AsyncHTTPTransport(
-                verify=verify,
+                verify=False if tls is None else self._ssl_context(tls),
                 limits=self._limits,
                 http2=self._http2,
                 trust_env=False,
@@ -119,6 +125,26 @@ class HttpxEngine(Engine):
             )
             self._transports[key] = transport
         return transport
+
+    def _ssl_context(self, tls: _TLSKey) -> ssl.SSLContext:
+        """One context per distinct TLS setting, shared by every pool that uses it."""
+        context = self._contexts.get(tls)
+        if context is None:
+            verify, authorities, client = tls
+            if not verify:
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            elif authorities:
+                # Kong's semantics: a service's CA certificates replace the system's store.
+                context = ssl.create_default_context(cadata="\n".join(authorities))
+            else:
+                context = ssl.create_default_context()
+            if client is not None:
+                # Sent whenever the upstream asks, verified or not.
+                load_cert_chain(context, *client)
+            self._contexts[tls] = context
+        return context
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         headers = request.headers
@@ -173,6 +199,7 @@ class HttpxEngine(Engine):
 
     async def aclose(self) -> None:
         transports, self._transports = self._transports, {}
+        self._contexts = {}
         for transport in transports.values():
             await transport.aclose()
 

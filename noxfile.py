@@ -1,4 +1,4 @@
-"""Developer tasks: `nox -s tests lint typing docs demo bench`.
+"""Developer tasks: `nox -s tests lint typing docs demo bench fault`.
 
 Sessions use the running interpreter (this project targets 3.11+; no interpreter list, so a
 CI machine with a single Python never fails on a missing one).
@@ -48,6 +48,14 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks: router scaling, and proxies side by side (../shared/bench)."""
+    """Benchmarks: router scaling, proxies side by side (../shared/bench), `fault`."""
     session.install("-e", ".[test]")
     session.run("python", "benchmarks/run.py", *session.posargs)
+    session.run("python", "benchmarks/fault_under_load.py")
+
+
+@nox.session
+def fault(session: nox.Session) -> None:
+    """One Target of three stops and restarts under load: errors, and whether it returns."""
+    session.install("-e", ".[test]")
+    session.run("python", "benchmarks/fault_under_load.py", *session.posargs)

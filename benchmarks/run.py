@@ -56,6 +56,7 @@ PYGW = {
     "pygw-uvicorn-terminate": ("uvicorn", "terminate", False),
     "pygw-uvicorn": ("uvicorn", "passthrough", True),
     "pygw-uvicorn-noop": ("uvicorn", "noop_plugin", True),
+    "pygw-uvicorn-balanced": ("uvicorn", "balanced", True),
     "pygw-granian": ("granian", "passthrough", True),
 }
 QUICK = ["--rounds", "1", "--duration", "5", "--warmup", "2", "--c1-duration", "2"]
@@ -70,6 +71,7 @@ REFERENCES = {
         "uvicorn-anyio-httptools",
     ],
     "pygw-uvicorn-noop": ["pygw-uvicorn"],
+    "pygw-uvicorn-balanced": ["pygw-uvicorn"],
     "pygw-granian": ["granian-hello", "granian-httpx"],
 }
 

@@ -147,13 +147,34 @@ def test_latency_prefers_the_peer_that_answers_fastest() -> None:
     assert picks(balancer, 10) == ["10.0.0.2"] * 10
 
 
-def test_latency_tries_a_peer_with_no_measurement_yet() -> None:
+def test_latency_starts_a_new_peer_at_the_average_not_at_zero() -> None:
+    u = upstream(100, 100, 100)
+    balancer = Latency(u)
+    ps = peers(u)
+    balancer.update(ps[:2])
+    balancer.release(ps[0], failed=False, elapsed=0.010)
+    balancer.release(ps[1], failed=False, elapsed=0.030)
+    balancer.update(ps)  # a third peer joins
+    assert ps[2].ewma == pytest.approx(0.020)
+    # A burst of selects with no answer yet is spread, not all sent to the newcomer.
+    chosen = []
+    for _ in range(12):
+        peer = balancer.select(None)
+        assert peer is not None
+        peer.in_flight += 1
+        chosen.append(peer)
+    assert chosen.count(ps[2]) < 12
+    assert chosen.count(ps[0]) > chosen.count(ps[1])
+
+
+def test_latency_does_not_favour_a_peer_that_fails_fast() -> None:
     u = upstream(100, 100)
     balancer = Latency(u)
     ps = peers(u)
     balancer.update(ps)
-    balancer.release(ps[0], failed=False, elapsed=0.010)
-    assert balancer.select(None) is ps[1]
+    balancer.release(ps[0], failed=True, elapsed=0.0001)  # a refused connection
+    balancer.release(ps[1], failed=False, elapsed=0.050)
+    assert picks(balancer, 5) == ["10.0.0.2"] * 5
 
 
 def test_latency_average_moves_toward_new_response_times() -> None:
@@ -396,46 +417,40 @@ async def test_hashing_on_a_header_keeps_each_client_on_one_target() -> None:
 
 
 @pytest.mark.parametrize(
-    ("fields", "request_a", "request_b"),
+    ("fields", "keyed"),
     [
-        ({"hash_on": "ip"}, {"client_addr": "10.9.0.1"}, {"client_addr": "10.9.0.2"}),
-        ({"hash_on": "path"}, {"path": "/a"}, {"path": "/b"}),
+        ({"hash_on": "ip"}, lambda k: {"client": f"10.9.0.{k}"}),
+        ({"hash_on": "path"}, lambda k: {"path": f"/p{k}"}),
         (
             {"hash_on": "query_arg", "hash_on_query_arg": "tenant"},
-            {"path": "/?tenant=a"},
-            {"path": "/?tenant=b"},
+            lambda k: {"path": f"/?tenant=t{k}&other=x"},
         ),
         (
             {"hash_on": "uri_capture", "hash_on_uri_capture": "tenant"},
-            {"path": "/t/a/x"},
-            {"path": "/t/b/x"},
+            lambda k: {"path": f"/t/t{k}/x"},
         ),
         (
             {"hash_on": "header", "hash_on_header": "x-none", "hash_fallback": "path"},
-            {"path": "/a"},
-            {"path": "/b"},
+            lambda k: {"path": f"/p{k}"},
         ),
     ],
 )
-async def test_each_hash_source_is_stable_per_key(
-    fields: dict[str, Any], request_a: dict[str, str], request_b: dict[str, str]
+async def test_each_hash_source_keeps_a_key_on_one_target_and_spreads_keys(
+    fields: dict[str, Any], keyed: Callable[[int], dict[str, str]]
 ) -> None:
     route: dict[str, Any] = {"paths": ["~/t/(?<tenant>[^/]+)", "/"]}
-    app = gateway(upstream(*[100] * 8, **fields), naming_engine(), **route)
-    results = []
-    for req in (request_a, request_b):
-        client_ip = req.get("client_addr", "127.0.0.1")
-        async with app, gw.testing.client(app, client_addr=(client_ip, 5000)) as client:
-            got = {(await client.get(req.get("path", "/"))).text for _ in range(5)}
-        assert len(got) == 1
-        results.append(got.pop())
-    # Which targets two keys land on is the hash's business; that the key decides is ours:
-    # the same keys land the same way on a second gateway.
-    again = gateway(upstream(*[100] * 8, **fields), naming_engine(), **route)
-    for req, first in zip((request_a, request_b), results, strict=True):
-        client_ip = req.get("client_addr", "127.0.0.1")
-        async with again, gw.testing.client(again, client_addr=(client_ip, 5000)) as client:
-            assert (await client.get(req.get("path", "/"))).text == first
+    app = gateway(upstream(*[100] * 4, **fields), naming_engine(), **route)
+    served: dict[int, set[str]] = collections.defaultdict(set)
+    async with app:
+        for key in range(16):
+            request = keyed(key)
+            client_ip = request.get("client", "127.0.0.1")
+            async with gw.testing.client(app, client_addr=(client_ip, 5000)) as client:
+                for _ in range(3):
+                    served[key].add((await client.get(request.get("path", "/"))).text)
+    assert all(len(targets) == 1 for targets in served.values())
+    # The key decides: sixteen keys do not all land on one of four targets.
+    assert len(set().union(*served.values())) >= 3
 
 
 async def test_cookie_hashing_sets_the_cookie_and_then_sticks_to_one_target() -> None:
@@ -527,7 +542,8 @@ async def test_when_every_target_is_unhealthy_the_gateway_answers_503() -> None:
 
 
 async def test_the_threshold_takes_a_mostly_unhealthy_upstream_out() -> None:
-    u = upstream(100, 100, 100, healthchecks={"threshold": 50})
+    passive = {"unhealthy": {"http_failures": 100}}  # on, so health can be set by hand
+    u = upstream(100, 100, 100, healthchecks={"threshold": 50, "passive": passive})
     app = gateway(u, naming_engine())
     async with app, gw.testing.client(app) as client:
         app.set_target_health("backend", "10.0.0.1:80", False)
@@ -538,19 +554,31 @@ async def test_the_threshold_takes_a_mostly_unhealthy_upstream_out() -> None:
 
 
 async def test_passive_successes_bring_a_target_back_when_configured() -> None:
-    u = upstream(
-        100,
-        healthchecks={"passive": {"healthy": {"successes": 1}, "unhealthy": {"http_failures": 1}}},
-    )
-    app = gateway(u, naming_engine())
+    failing = {"10.0.0.1"}
+    passive = {"healthy": {"successes": 2}, "unhealthy": {"http_failures": 1}}
+    u = upstream(100, 100, healthchecks={"passive": passive})
+    app = gateway(u, naming_engine(status=lambda r: 500 if r.host in failing else 200))
     async with app, gw.testing.client(app) as client:
-        app.set_target_health("backend", "10.0.0.1:80", False)
-        assert (await client.get("/")).status_code == 503
-        app.set_target_health("backend", "10.0.0.1:80", True)
-        assert (await client.get("/")).status_code == 200
+        for _ in range(4):
+            await client.get("/")
+    assert app.upstream_health("backend")["data"][0]["health"] == "UNHEALTHY"
+    # An ejected peer gets no new requests; answers to requests it still had in flight
+    # count, and two good ones in a row bring it back.
+    pool = app.pools["backend"]
+    peer = pool.peers[0]
+    for expected in ("UNHEALTHY", "HEALTHY"):
+        peer.in_flight += 1
+        pool.release(peer, outcome=None, status=200, elapsed=0.01)
+        assert app.upstream_health("backend")["data"][0]["health"] == expected
 
 
 # -- health API -----------------------------------------------------------------------------
+
+
+def test_health_cannot_be_set_by_hand_when_checks_are_off() -> None:
+    app = gateway(upstream(100), naming_engine())
+    with pytest.raises(ValueError, match="health checks are off for upstream 'backend'"):
+        app.set_target_health("backend", "10.0.0.1:80", False)
 
 
 def test_the_health_report_has_kong_shape_with_checks_off() -> None:
@@ -577,7 +605,8 @@ def test_setting_a_target_unhealthy_by_hand_shows_in_the_report() -> None:
 
 
 def test_the_health_api_names_what_it_does_not_know() -> None:
-    app = gateway(upstream(100), naming_engine())
+    u = upstream(100, healthchecks={"passive": {"unhealthy": {"timeouts": 1}}})
+    app = gateway(u, naming_engine())
     with pytest.raises(LookupError, match="no upstream named 'nope'"):
         app.upstream_health("nope")
     with pytest.raises(LookupError, match=r"has no target '10\.9\.9\.9:80'"):
@@ -588,7 +617,8 @@ def test_the_health_api_names_what_it_does_not_know() -> None:
 
 
 def test_a_new_configuration_keeps_the_health_of_targets_that_stay() -> None:
-    app = gateway(upstream(100, 100), naming_engine())
+    u = upstream(100, 100, healthchecks={"passive": {"unhealthy": {"timeouts": 1}}})
+    app = gateway(u, naming_engine())
     app.set_target_health("backend", "10.0.0.1:80", False)
     [u] = app.config.upstreams
     changed = attrs.evolve(
@@ -600,9 +630,17 @@ def test_a_new_configuration_keeps_the_health_of_targets_that_stay() -> None:
     }
     assert health == {
         "10.0.0.1:80": ("UNHEALTHY", 100),
-        "10.0.0.2:80": ("HEALTHCHECKS_OFF", 50),
-        "10.0.0.9:80": ("HEALTHCHECKS_OFF", 100),
+        "10.0.0.2:80": ("HEALTHY", 50),
+        "10.0.0.9:80": ("HEALTHY", 100),
     }
+
+
+def test_turning_health_checks_off_puts_every_target_back() -> None:
+    u = upstream(100, 100, healthchecks={"passive": {"unhealthy": {"timeouts": 1}}})
+    app = gateway(u, naming_engine())
+    app.set_target_health("backend", "10.0.0.1:80", False)
+    app.configure(attrs.evolve(app.config, upstreams=[upstream(100, 100)]))
+    assert all(p.healthy for p in app.pools["backend"].peers)
 
 
 async def test_a_request_in_flight_finishes_on_a_target_removed_meanwhile() -> None:
@@ -665,3 +703,58 @@ def test_a_pool_counts_requests_in_flight_per_peer() -> None:
     assert peer.in_flight == 1
     pool.release(peer, outcome=None, status=200, elapsed=0.01)
     assert peer.in_flight == 0
+
+
+async def test_the_latency_algorithm_sends_traffic_to_the_faster_target() -> None:
+    import anyio
+
+    async def handler(request: UpstreamRequest) -> UpstreamResponse:
+        await anyio.sleep(0.02 if request.host == "10.0.0.1" else 0.001)
+        return UpstreamResponse(200, content=request.host.encode())
+
+    app = gateway(upstream(100, 100, algorithm="latency"), MockEngine(handler))
+    counts: collections.Counter[str] = collections.Counter()
+    async with app, gw.testing.client(app) as client:
+        for _ in range(40):
+            counts[(await client.get("/")).text] += 1
+    assert counts["10.0.0.2"] > 3 * counts["10.0.0.1"]
+
+
+@pytest.mark.parametrize(
+    "fail",
+    [
+        UpstreamConnectError("refused"),
+        UpstreamTimeout("read timeout"),
+        UpstreamProtocolError("reset"),
+    ],
+)
+async def test_a_failed_try_gives_its_peer_back(fail: Exception) -> None:
+    app = gateway(upstream(100, 100), naming_engine(fail=lambda r: fail), retries=1)
+    async with app, gw.testing.client(app) as client:
+        assert (await client.get("/")).status_code in (502, 504)
+    assert [p.in_flight for p in app.pools["backend"].peers] == [0, 0]
+
+
+@attrs.frozen
+class BrokenHeaderFilter(gw.Plugin):
+    name = "broken-header-filter"
+
+    async def header_filter(self, ctx: Any) -> None:
+        raise RuntimeError("boom")
+
+
+async def test_a_plugin_failing_on_the_response_gives_the_peer_back() -> None:
+    app = gw.Gateway(
+        upstreams=[upstream(100)],
+        services=[
+            gw.Service(
+                name="api",
+                host="backend",
+                routes=[gw.Route(paths=["/"], plugins=[BrokenHeaderFilter()])],
+            )
+        ],
+        engine=naming_engine(),
+    )
+    async with app, gw.testing.client(app) as client:
+        await client.get("/")
+    assert app.pools["backend"].peers[0].in_flight == 0

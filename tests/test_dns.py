@@ -456,3 +456,18 @@ def test_invalid_options_are_rejected_when_the_resolver_is_built(
 ) -> None:
     with pytest.raises(ValueError, match="must"):
         Resolver(**options)  # type: ignore[arg-type]
+
+
+async def test_the_hosts_file_is_read_before_the_configured_servers(
+    dns_server: FakeDNS, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text(
+        "127.0.0.1 localhost\n::1 localhost ip6-localhost\n10.1.2.3 db.internal # ok\n"
+    )
+    monkeypatch.setattr("pygateway.balancers._dns._HOSTS", str(hosts))
+    resolver = Resolver([dns_server.address], timeout=0.5)
+    assert [a.ip for a in await resolver.resolve("localhost")] == ["127.0.0.1"]
+    assert [a.ip for a in await resolver.resolve("DB.internal")] == ["10.1.2.3"]
+    assert [a.ip for a in await resolver.resolve("ip6-localhost")] == ["::1"]
+    assert dns_server.queries == []

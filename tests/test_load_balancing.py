@@ -163,7 +163,7 @@ async def test_active_checks_take_out_a_target_whose_health_path_fails(
         await wait_until(lambda: health_of(sick) == "HEALTHY")
     probe = next(r for r in well.requests if r["path"] == "/health")
     assert probe["method"] == "GET"
-    assert probe["headers"]["host"] == well.address
+    assert probe["headers"]["host"] == "127.0.0.1"  # the target's name, no port (Kong's)
 
 
 async def test_active_tcp_checks_notice_a_target_that_stops_listening(
@@ -315,3 +315,80 @@ async def test_a_name_is_resolved_again_when_its_ttl_runs_out(
                 await anyio.sleep(0.1)
         [report] = app.upstream_health("backend")["data"]
         assert [x["port"] for x in report["data"]["addresses"]] == [b.port]
+
+
+async def test_active_probes_send_the_upstream_host_header_and_configured_headers(
+    targets2: list[TargetServer],
+) -> None:
+    healthchecks = {
+        "active": {
+            "http_path": "/health",
+            "headers": {"x-probe": ["pygateway"]},
+            "healthy": {"interval": 0.02},
+        }
+    }
+    app = gateway(targets2, healthchecks=healthchecks, host_header="api.example.com")
+    async with app:
+        await wait_until(lambda: targets2[0].health_hits > 0)
+    probe = next(r for r in targets2[0].requests if r["path"] == "/health")
+    assert probe["headers"]["host"] == "api.example.com"
+    assert probe["headers"]["x-probe"] == "pygateway"
+
+
+async def test_a_new_probe_interval_takes_effect_without_waiting_out_the_old_one(
+    targets2: list[TargetServer],
+) -> None:
+    import attrs
+
+    slow = {"active": {"http_path": "/health", "healthy": {"interval": 60}}}
+    app = gateway(targets2, healthchecks=slow)
+    async with app:
+        await wait_until(lambda: targets2[0].health_hits == 1)  # the first round, then 60 s
+        fast = {"active": {"http_path": "/health", "healthy": {"interval": 0.05}}}
+        [u] = app.config.upstreams
+        app.configure(attrs.evolve(app.config, upstreams=[attrs.evolve(u, healthchecks=fast)]))
+        await wait_until(lambda: targets2[0].health_hits >= 3)
+
+
+async def test_a_request_during_close_does_not_leave_checks_running(
+    targets2: list[TargetServer],
+) -> None:
+    healthchecks = {"active": {"http_path": "/health", "healthy": {"interval": 0.02}}}
+    app = gateway(targets2, healthchecks=healthchecks)
+    async with gw.testing.client(app) as client:
+        assert (await client.get("/")).status_code == 200  # started lazily: a thread
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(app.aclose)
+            await wait_until(lambda: not app._started)  # the close is under way
+            response = await client.get("/")  # waits for the close, then restarts it
+        assert response.status_code == 200
+        await app.aclose()
+    assert not any(t.name == "pygateway-health" for t in threading.enumerate())
+    probes = targets2[0].health_hits
+    await anyio.sleep(0.1)
+    assert targets2[0].health_hits == probes
+
+
+async def test_a_dns_failure_keeps_the_addresses_that_resolved_before(
+    targets2: list[TargetServer], make_dns_server: Callable[[], FakeDNS]
+) -> None:
+    dns = make_dns_server()
+    dns.add(f"api.service.consul. 1 SRV 1 100 {targets2[0].port} node.consul.")
+    dns.add("node.consul. 1 A 127.0.0.1")
+    app = gw.Gateway(
+        upstreams=[gw.Upstream(name="backend", targets=[gw.Target("api.service.consul")])],
+        services=[gw.Service(name="api", host="backend", routes=[gw.Route(paths=["/"])])],
+        dns_servers=[dns.address],
+    )
+    async with app, gw.testing.client(app) as client:
+        assert (await client.get("/")).text == "t0"
+        dns.zone.clear()  # NXDOMAIN from now on
+        await anyio.sleep(1.1)
+        for _ in range(5):
+            assert (await client.get("/")).text == "t0"
+        await wait_until(
+            lambda: app.pools["backend"]._entries["api.service.consul:8000"].dns_error is not None
+        )
+        [report] = app.upstream_health("backend")["data"]
+    assert report["health"] == "HEALTHCHECKS_OFF"
+    assert report["data"]["dns_error"] is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -165,6 +166,10 @@ class Gateway:
         self.engines: dict[str, Engine] = dict(engines or {})
         #: One pool per Upstream name, for the gateway's life (see `configure`).
         self.pools: dict[str, UpstreamPool] = {}
+        #: State plugins keep across requests and configurations (local rate-limit
+        #: counters, OAuth2 tokens), by a key of the plugin's choosing, e.g.
+        #: `("rate-limiting", ...)`. Per process; shared stores come with the cluster mode.
+        self.shared: dict[Any, Any] = {}
         self._background: _Background | None = None
         self._started = False
         self._starting: anyio.Lock | None = None
@@ -197,6 +202,7 @@ class Gateway:
                 pool = UpstreamPool(upstream, self.resolver)
             else:
                 pool.update(upstream)
+            pool.client_certificate = snapshot.upstream_certificates.get(name)
             pools[name] = pool
         for name, pool in self.pools.items():
             if name not in pools:
@@ -278,6 +284,24 @@ class Gateway:
             self._started = True
             self._start_checks()
 
+    async def refresh_names(self, pool: UpstreamPool) -> None:
+        """Re-resolve a pool's names that are due, from a request.
+
+        A pool with no address yet must wait. Otherwise the request goes on with the
+        addresses it has: the refresh runs in the background task group when the gateway
+        has one, or else in this request for at most `STALE_REFRESH_WAIT` seconds.
+        """
+        if pool.refreshing:
+            return
+        if not pool.peers:
+            await pool.refresh()
+        elif isinstance(self._background, _TaskGroupBackground):
+            pool.refreshing = True  # claimed now: the task starts later
+            self._background.spawn(functools.partial(_refresh_claimed, pool))
+        else:
+            with anyio.move_on_after(STALE_REFRESH_WAIT):
+                await pool.refresh()
+
     async def _resolve_targets(self) -> None:
         now = time.monotonic()
         async with anyio.create_task_group() as tg:
@@ -301,9 +325,22 @@ class Gateway:
             self._background.spawn(pool.run_checks)
 
     async def aclose(self) -> None:
-        """Stop health checks and plugins, and close upstream connections."""
-        background, self._background = self._background, None
+        """Stop health checks and plugins, and close upstream connections.
+
+        A request that arrives meanwhile waits for the gateway to be closed, then starts it
+        again (as a first request does).
+        """
+        if self._starting is None:
+            self._starting = anyio.Lock()
+        async with self._starting:
+            await self._close()
+        self._starting = None  # the lock belongs to this event loop; a restart may use another
+
+    async def _close(self) -> None:
+        # Not started from now on: a request arriving meanwhile goes to `_start`, which
+        # waits for the lock this close holds.
         self._started = False
+        background, self._background = self._background, None
         if background is not None:
             await background.aclose()
             for pool in self.pools.values():
@@ -316,7 +353,6 @@ class Gateway:
                 logger.exception("plugin %r failed in shutdown", plugin.name)
         for engine in {id(e): e for e in (self.engine, *self.engines.values())}.values():
             await engine.aclose()
-        self._starting = None  # the lock belongs to this event loop; a restart may use another
 
     async def __aenter__(self) -> Gateway:
         await self.start()
@@ -444,6 +480,16 @@ class GatewayMiddleware:
                 raise  # the app speaks lifespan and failed in it: the server reports that
             # The wrapped app does not speak lifespan: run the gateway's own.
             await _lifespan(gateway, receive, send, startup_received="lifespan.startup" in seen)
+
+
+#: Seconds a request waits for names with known addresses to be re-resolved, when the
+#: gateway has no background task group to do it (it was started by a request).
+STALE_REFRESH_WAIT = 0.5
+
+
+async def _refresh_claimed(pool: UpstreamPool) -> None:
+    pool.refreshing = False
+    await pool.refresh()
 
 
 class _Background:

@@ -551,7 +551,7 @@ async def _proxy(
         passed_on.append((b"content-length", length))
     pool = ctx.snapshot.pools.get(service.host or "")
     if pool is not None and pool.due <= time.monotonic():
-        await pool.refresh()  # target names to resolve (once per TTL)
+        await gateway.refresh_names(pool)  # target names to resolve again (once per TTL)
     tried: list[Peer] = []
     tries = service.retries + 1
     for attempt in range(tries):
@@ -616,7 +616,7 @@ async def _proxy(
             if body.disconnected:
                 # The client went away while its body was sent: not the upstream's fault.
                 if peer is not None and pool is not None:
-                    pool.release(peer, outcome=None, status=None, elapsed=0.0)
+                    pool.release(peer, outcome=None, status=None, elapsed=None)
                 raise ClientDisconnect() from exc
             if peer is not None and pool is not None:
                 failure: Outcome = "timeout" if isinstance(exc, UpstreamTimeout) else "tcp_failure"
@@ -628,7 +628,7 @@ async def _proxy(
             return
         except BaseException:
             if peer is not None and pool is not None:
-                pool.release(peer, outcome=None, status=None, elapsed=_since(sent_at))
+                pool.release(peer, outcome=None, status=None, elapsed=None)
             raise
         break
     else:  # pragma: no cover - the loop either breaks with a response or returns

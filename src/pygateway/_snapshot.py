@@ -184,10 +184,21 @@ class Snapshot:
         #: The gateway's pool for each Upstream, set when the snapshot goes live (pools
         #: outlive snapshots: a new configuration updates them in place).
         self.pools: dict[str, UpstreamPool] = {}
+        #: What plugins derive from this configuration and keep for its life (indexes of
+        #: credentials, compiled rules), built on first use: `derived.get(key)`.
+        self.derived: dict[Any, Any] = {}
 
         placed = self._place_plugins(config, services, routes, errors)
-        #: By `id(service)`, for https services with CA or client certificates.
-        self.upstream_tls = _upstream_tls(config, services, errors)
+        #: By `id(service)`, for https services with CA or client certificates; and each
+        #: Upstream's own client certificate (for its https health probes), by name.
+        self.upstream_tls, self.upstream_certificates = _upstream_tls(config, services, errors)
+        self._tls_kwargs = {
+            key: {
+                "ca_certificates": tls.ca_certificates,
+                "client_certificate": tls.client_certificate,
+            }
+            for key, tls in self.upstream_tls.items()
+        }
         if errors:
             raise ConfigurationError(errors=errors)
 
@@ -221,13 +232,7 @@ class Snapshot:
 
     def upstream_tls_kwargs(self, service: Service) -> dict[str, Any]:
         """The `UpstreamRequest` arguments for `service`'s TLS material (none: `{}`)."""
-        tls = self.upstream_tls.get(id(service))
-        if tls is None:
-            return {}
-        return {
-            "ca_certificates": tls.ca_certificates,
-            "client_certificate": tls.client_certificate,
-        }
+        return self._tls_kwargs.get(id(service), _NO_TLS)
 
     @staticmethod
     def _index_consumers(
@@ -373,11 +378,14 @@ def _index(
         table[key] = entity
 
 
+_NO_TLS: dict[str, Any] = {}
+
+
 def _upstream_tls(
     config: Configuration,
     services: Sequence[tuple[Service, Path]],
     errors: list[tuple[Path, str]],
-) -> dict[int, UpstreamTLS]:
+) -> tuple[dict[int, UpstreamTLS], dict[str, tuple[str, str]]]:
     """Resolve certificate references (by id) and gather each https service's material."""
     certificates: dict[str, Certificate] = {}
     for i, certificate in enumerate(config.certificates):
@@ -430,7 +438,7 @@ def _upstream_tls(
                 ca_certificates=tuple(trusted),
                 client_certificate=None if client is None else (client.cert, client.key),
             )
-    return out
+    return out, {name: (c.cert, c.key) for name, c in by_upstream.items()}
 
 
 def _fmt(path: Path) -> str:

@@ -162,6 +162,9 @@ class Resolver:
             self.nameservers = _system_nameservers(_RESOLV_CONF)
         else:
             self.nameservers = [_parse_server(s) for s in servers]
+        #: /etc/hosts, read first even when `servers` are given (as Kong reads its hosts
+        #: file before asking DNS): name -> IPv4 addresses, then IPv6 ones.
+        self.hosts = _hosts_file(_HOSTS)
 
     async def resolve(self, name: str) -> list[Address]:
         """The addresses of `name`, a host name or an IP literal. Raises `DNSError`."""
@@ -173,6 +176,9 @@ class Resolver:
             raise DNSError(f"invalid name {name!r}")
         if self.system:
             return await self._resolve_system(host)
+        listed = self.hosts.get(host.lower())
+        if listed:
+            return [Address(ip, None, None, self.default_ttl) for ip in listed]
         return await self._resolve_dns(host)
 
     async def _resolve_dns(self, host: str) -> list[Address]:
@@ -531,6 +537,35 @@ def _parse_server(text: str) -> tuple[str, int]:
 
 def _format_server(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_HOSTS = "/etc/hosts"
+
+
+def _hosts_file(path: str) -> dict[str, list[str]]:
+    """Names to addresses from a hosts file (IPv4 first, as A records come before AAAA)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as file:
+            lines = file.read().splitlines()
+    except OSError:
+        return {}
+    found: dict[str, tuple[list[str], list[str]]] = {}
+    for line in lines:
+        fields = line.partition("#")[0].split()
+        if len(fields) < 2:
+            continue
+        try:
+            ip = _ip_literal(fields[0])
+        except DNSError:
+            continue
+        if ip is None:
+            continue
+        for name in fields[1:]:
+            v4, v6 = found.setdefault(name.lower().rstrip("."), ([], []))
+            bucket = v6 if ":" in ip else v4
+            if ip not in bucket:
+                bucket.append(ip)
+    return {name: v4 or v6 for name, (v4, v6) in found.items()}
 
 
 def _system_nameservers(path: str) -> list[tuple[str, int]]:

@@ -25,6 +25,7 @@ import anyio.abc
 import attrs
 
 from .._schema import Record, field
+from ..engines._base import load_cert_chain
 
 if TYPE_CHECKING:
     from ._base import Peer
@@ -127,8 +128,9 @@ class PassiveHealthcheck(Record):
 
     @property
     def enabled(self) -> bool:
+        # As Kong's: passive successes alone do not make a checker.
         u = self.unhealthy
-        return bool(u.tcp_failures or u.timeouts or u.http_failures or self.healthy.successes)
+        return bool(u.tcp_failures or u.timeouts or u.http_failures)
 
 
 @attrs.frozen(kw_only=True)
@@ -209,15 +211,25 @@ class Health:
             )
 
 
-async def probe(peer: Peer, config: ActiveHealthcheck) -> Outcome | None:
-    """One active check of `peer`: its outcome, or None when the status counts for neither."""
+async def probe(
+    peer: Peer,
+    config: ActiveHealthcheck,
+    *,
+    host: str | None = None,
+    client_certificate: tuple[str, str] | None = None,
+) -> Outcome | None:
+    """One active check of `peer`: its outcome, or None when the status counts for neither.
+
+    HTTP probes send `Host: <host>` (the upstream's host_header, else the target's name,
+    without a port, as Kong's); https ones present `client_certificate` when given.
+    """
     try:
         with anyio.fail_after(config.timeout):
             if config.type == "tcp":
                 stream = await anyio.connect_tcp(peer.ip, peer.port)
                 await stream.aclose()
                 return "success"
-            status = await _http_status(peer, config)
+            status = await _http_status(peer, config, host or peer.hostname, client_certificate)
     except TimeoutError:
         return "timeout"
     except (OSError, anyio.BrokenResourceError, anyio.EndOfStream, ssl.SSLError):
@@ -231,14 +243,20 @@ async def probe(peer: Peer, config: ActiveHealthcheck) -> Outcome | None:
     return None
 
 
-async def _http_status(peer: Peer, config: ActiveHealthcheck) -> int:
-    host = peer.hostname
+async def _http_status(
+    peer: Peer,
+    config: ActiveHealthcheck,
+    host: str,
+    client_certificate: tuple[str, str] | None,
+) -> int:
     stream: anyio.abc.ByteStream
     if config.type == "https":
         context = ssl.create_default_context()
         if not config.https_verify_certificate:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
+        if client_certificate is not None:
+            load_cert_chain(context, *client_certificate)
         stream = await anyio.connect_tcp(
             peer.ip,
             peer.port,
@@ -248,9 +266,7 @@ async def _http_status(peer: Peer, config: ActiveHealthcheck) -> int:
         )
     else:
         stream = await anyio.connect_tcp(peer.ip, peer.port)
-    default_port = 443 if config.type == "https" else 80
-    shown = f"[{host}]" if ":" in host else host
-    authority = shown if peer.port == default_port else f"{shown}:{peer.port}"
+    authority = f"[{host}]" if ":" in host else host
     lines = [f"GET {config.http_path} HTTP/1.0", f"Host: {authority}"]
     for name, values in (config.headers or {}).items():
         lines.extend(f"{name}: {value}" for value in values)

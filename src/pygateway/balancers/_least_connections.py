@@ -22,10 +22,12 @@ class LeastConnections(Balancer):
         if not candidates:
             return None
         self._turn += 1
-        start = self._turn % len(candidates)
+        count = len(candidates)
+        start = self._turn % count
         best = None
         best_score = 0.0
-        for peer in candidates[start:] + candidates[:start]:
+        for i in range(count):
+            peer = candidates[(start + i) % count]
             score = (peer.in_flight + 1) / peer.weight
             if best is None or score < best_score:
                 best, best_score = peer, score

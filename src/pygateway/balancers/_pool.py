@@ -37,8 +37,10 @@ ALGORITHMS: dict[str, type[Balancer]] = {
     "latency": Latency,
 }
 
-#: Seconds before a name that failed to resolve is tried again.
+#: Seconds before a name that failed to resolve is tried again; doubled after each
+#: failure in a row, up to DNS_ERROR_TTL_MAX.
 DNS_ERROR_TTL = 1.0
+DNS_ERROR_TTL_MAX = 30.0
 #: Upstream fields that shape the balancer; a change in any of them builds a new one.
 _BALANCER_FIELDS = (
     "algorithm",
@@ -59,12 +61,13 @@ _BALANCER_FIELDS = (
 class _Entry:
     """One configured Target: its addresses, when to resolve it again, the last DNS error."""
 
-    __slots__ = ("addresses", "dns_error", "expires", "peers", "target")
+    __slots__ = ("addresses", "dns_error", "dns_failures", "expires", "peers", "target")
 
     def __init__(self, target: Target) -> None:
         self.target = target
         self.peers: list[Peer] = []
         self.dns_error: str | None = None
+        self.dns_failures = 0
         self.addresses: list[Address] = []
         self.expires = 0.0  # resolve before first use
 
@@ -81,7 +84,9 @@ class UpstreamPool:
         self._entries: dict[str, _Entry] = {}
         #: When the next name is due to be resolved again (monotonic; inf: none).
         self.due = math.inf
-        self._refreshing: anyio.Event | None = None
+        self.refreshing = False
+        #: (certificate PEM, key PEM) active https probes present (the upstream's own).
+        self.client_certificate: tuple[str, str] | None = None
         #: True while a task runs this pool's active checks.
         self.checking = False
         self.closed = False
@@ -93,6 +98,12 @@ class UpstreamPool:
         """Take a new version of the Upstream without losing peers' state."""
         old, self.upstream = self.upstream, upstream
         self.health.config = upstream.healthchecks
+        if not upstream.healthchecks.enabled:
+            # No checker any more (Kong rebuilds it): nothing keeps a peer out.
+            for peer in self.peers:
+                peer.healthy = True
+                peer.failures.clear()
+                peer.successes = 0
         if any(getattr(old, f) != getattr(upstream, f) for f in _BALANCER_FIELDS):
             self.balancer = ALGORITHMS[upstream.algorithm](upstream)
         else:
@@ -128,42 +139,50 @@ class UpstreamPool:
         return peers
 
     def _rebuild(self) -> None:
-        self.peers = [p for e in self._entries.values() for p in e.peers]
-        self.balancer.update(self.peers)
+        peers = [p for e in self._entries.values() for p in e.peers]
+        if peers != self.peers or not peers:
+            # Same peers (a refresh that changed nothing): the balancer's state stays, and
+            # a hashing ring is not rebuilt.
+            self.peers = peers
+            self.balancer.update(peers)
         self.due = min((e.expires for e in self._entries.values()), default=math.inf)
 
     # -- name resolution ------------------------------------------------------------------
 
     async def refresh(self) -> None:
-        """Resolve the names that are due. One task resolves; the others go on with the
-        addresses known, or wait if none are known yet."""
-        if self._refreshing is not None:
-            if not self.peers:
-                await self._refreshing.wait()
+        """Resolve the names that are due (one refresh at a time; others return at once).
+
+        Each due name is first given its retry time, so a refresh that is cancelled or
+        fails does not make the next request try again at once.
+        """
+        if self.refreshing:
             return
-        done = self._refreshing = anyio.Event()
+        self.refreshing = True
         try:
             now = time.monotonic()
             due = [e for e in self._entries.values() if e.expires <= now]
+            for entry in due:
+                retry = DNS_ERROR_TTL * 2 ** min(entry.dns_failures, 8)
+                entry.expires = now + min(retry, DNS_ERROR_TTL_MAX)
+            self.due = min((e.expires for e in self._entries.values()), default=math.inf)
             async with anyio.create_task_group() as tg:
                 for entry in due:
                     tg.start_soon(self._resolve, entry)
-            self._rebuild()
         finally:
-            self._refreshing = None
-            done.set()
+            self.refreshing = False
+            self._rebuild()
 
     async def _resolve(self, entry: _Entry) -> None:
-        host = entry.target.host
         try:
-            addresses = await self.resolver.resolve(host)
+            addresses = await self.resolver.resolve(entry.target.host)
         except DNSError as exc:
-            entry.dns_error = str(exc)
-            entry.expires = time.monotonic() + DNS_ERROR_TTL
             # Addresses that resolved before are kept: a DNS outage does not take a
-            # working target out.
+            # working target out. The retry time was set by `refresh`.
+            entry.dns_error = str(exc)
+            entry.dns_failures += 1
             return
         entry.dns_error = None
+        entry.dns_failures = 0
         entry.addresses = addresses
         entry.expires = time.monotonic() + min(a.ttl for a in addresses)
         entry.peers = self._peers(entry)
@@ -182,17 +201,20 @@ class UpstreamPool:
         return peer
 
     def release(
-        self, peer: Peer, *, outcome: Outcome | None, status: int | None, elapsed: float
+        self, peer: Peer, *, outcome: Outcome | None, status: int | None, elapsed: float | None
     ) -> None:
         """A try is over: feed the balancer and the passive health checks.
 
         `outcome` is a transport failure ("tcp_failure", "timeout"), or None when the
-        upstream answered with `status`.
+        upstream answered with `status`. With neither (the client went away, the request
+        was cancelled), and `elapsed` None, the try teaches nothing: only in-flight counts.
         """
         peer.in_flight -= 1
         if outcome is None and status is not None:
             outcome = self.health.classify(status, active=False)
-        self.balancer.release(peer, failed=outcome not in (None, "success"), elapsed=elapsed)
+        if elapsed is not None:
+            failed = outcome not in (None, "success")
+            self.balancer.release(peer, failed=failed, elapsed=elapsed)
         if outcome is not None:
             self.health.report(peer, outcome, active=False)
 
@@ -259,6 +281,12 @@ class UpstreamPool:
         }
 
     def set_health(self, target: str, healthy: bool, address: str | None = None) -> None:
+        if not self.health.config.enabled:
+            # Kong: "no healthchecker found": with checks off, nothing would ever undo it.
+            raise ValueError(
+                f"health checks are off for upstream {self.upstream.name!r}: "
+                "there is no health to set"
+            )
         entry = self._entries.get(target)
         if entry is None:
             raise LookupError(f"upstream {self.upstream.name!r} has no target {target!r}")
@@ -292,19 +320,29 @@ class UpstreamPool:
         while self.wants_checks:
             active = self.upstream.healthchecks.active
             interval = active.healthy.interval if healthy else active.unhealthy.interval
-            if interval <= 0:
-                await anyio.sleep(1)  # this side is off; the configuration may change
-                continue
-            limiter.total_tokens = active.concurrency
-            peers = [p for p in self.peers if p.healthy == healthy and p.weight > 0]
-            async with anyio.create_task_group() as tg:
-                for peer in peers:
-                    tg.start_soon(self._check, peer, limiter)
-            await anyio.sleep(interval)
+            if interval > 0:
+                limiter.total_tokens = active.concurrency
+                peers = [p for p in self.peers if p.healthy == healthy and p.weight > 0]
+                async with anyio.create_task_group() as tg:
+                    for peer in peers:
+                        tg.start_soon(self._check, peer, limiter)
+            # Sleep in slices of at most a second: a new configuration (another interval,
+            # checks turned off, the upstream removed) takes effect within a second.
+            deadline = anyio.current_time() + (interval if interval > 0 else 1.0)
+            while self.wants_checks and self.upstream.healthchecks.active == active:
+                left = deadline - anyio.current_time()
+                if left <= 0:
+                    break
+                await anyio.sleep(min(1.0, left))
 
     async def _check(self, peer: Peer, limiter: anyio.CapacityLimiter) -> None:
         async with limiter:
-            outcome = await probe(peer, self.upstream.healthchecks.active)
+            outcome = await probe(
+                peer,
+                self.upstream.healthchecks.active,
+                host=self.upstream.host_header or peer.hostname,
+                client_certificate=self.client_certificate,
+            )
         if outcome is not None and not self.closed:
             self.health.report(peer, outcome, active=True)
 
@@ -314,9 +352,9 @@ class UpstreamPool:
 
 
 def _state(healthy: bool, checks_on: bool) -> str:
-    if not healthy:
-        return "UNHEALTHY"
-    return "HEALTHY" if checks_on else "HEALTHCHECKS_OFF"
+    if not checks_on:
+        return "HEALTHCHECKS_OFF"
+    return "HEALTHY" if healthy else "UNHEALTHY"
 
 
 def _is_ip(host: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from typing import Any
 
@@ -27,6 +28,20 @@ __all__ = ["HttpxEngine"]
 
 #: What an SSLContext is built from: (tls_verify, CA PEM texts, (cert PEM, key PEM) or None).
 _TLSKey = tuple[bool, tuple[str, ...], tuple[str, str] | None]
+
+
+_PoolKey = tuple[str, str, int, str | None, _TLSKey | None]
+
+
+class _Pool:
+    """The keep-alive pool of one (scheme, address, TLS setting), with its use."""
+
+    __slots__ = ("in_flight", "last_used", "transport")
+
+    def __init__(self, transport: httpx.AsyncHTTPTransport) -> None:
+        self.transport = transport
+        self.in_flight = 0
+        self.last_used = time.monotonic()
 
 
 def _reason(exc: BaseException, default: str) -> str:
@@ -99,12 +114,12 @@ class HttpxEngine(Engine):
             keepalive_expiry=keepalive_expiry,
         )
         self._http2 = http2
-        self._transports: dict[
-            tuple[str, str, int, str | None, _TLSKey | None], httpx.AsyncHTTPTransport
-        ] = {}
+        self._keepalive_expiry = keepalive_expiry
+        self._transports: dict[_PoolKey, _Pool] = {}
         self._contexts: dict[_TLSKey, ssl.SSLContext] = {}
+        self._next_sweep = time.monotonic() + keepalive_expiry
 
-    def _transport(self, request: UpstreamRequest) -> httpx.AsyncHTTPTransport:
+    def _pool(self, request: UpstreamRequest) -> _Pool:
         # httpcore pools connections by (scheme, host, port): a TLS connection is bound to
         # the name it was opened (SNI) and verified for, and to the client certificate it
         # presented, so each name and each TLS setting needs a pool of its own.
@@ -114,8 +129,8 @@ class HttpxEngine(Engine):
             server_name = request.server_name or request.host
             tls = (request.tls_verify, request.ca_certificates, request.client_certificate)
         key = (request.scheme, request.host, request.port, server_name, tls)
-        transport = self._transports.get(key)
-        if transport is None:
+        pool = self._transports.get(key)
+        if pool is None:
             transport = httpx.AsyncHTTPTransport(
                 verify=False if tls is None else self._ssl_context(tls),
                 limits=self._limits,
@@ -123,8 +138,22 @@ class HttpxEngine(Engine):
                 trust_env=False,
                 retries=0,
             )
-            self._transports[key] = transport
-        return transport
+            pool = self._transports[key] = _Pool(transport)
+        return pool
+
+    async def _sweep(self, now: float) -> None:
+        """Close the pools nobody used for `keepalive_expiry` seconds: targets come and go
+        (DNS, service discovery), and httpcore only expires a pool's idle connections when
+        that pool is used again."""
+        self._next_sweep = now + self._keepalive_expiry
+        idle_since = now - self._keepalive_expiry
+        stale = [
+            key
+            for key, pool in self._transports.items()
+            if pool.in_flight == 0 and pool.last_used < idle_since
+        ]
+        for key in stale:
+            await self._transports.pop(key).transport.aclose()
 
     def _ssl_context(self, tls: _TLSKey) -> ssl.SSLContext:
         """One context per distinct TLS setting, shared by every pool that uses it."""
@@ -170,11 +199,17 @@ class HttpxEngine(Engine):
         outgoing = httpx.Request(
             request.method, url, headers=headers, stream=stream, extensions=extensions
         )
-        transport = self._transport(request)
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            await self._sweep(now)
+        pool = self._pool(request)
+        pool.in_flight += 1
+        pool.last_used = now
         try:
             with _translated():
-                response = await transport.handle_async_request(outgoing)
+                response = await pool.transport.handle_async_request(outgoing)
         except BaseException:
+            pool.in_flight -= 1
             if body is not None:
                 await body.aclose()
             raise
@@ -183,6 +218,8 @@ class HttpxEngine(Engine):
         version = response.extensions.get("http_version", b"HTTP/1.1")
 
         async def close() -> None:
+            pool.in_flight -= 1
+            pool.last_used = time.monotonic()
             try:
                 await response.aclose()
             finally:
@@ -198,10 +235,10 @@ class HttpxEngine(Engine):
         )
 
     async def aclose(self) -> None:
-        transports, self._transports = self._transports, {}
+        pools, self._transports = self._transports, {}
         self._contexts = {}
-        for transport in transports.values():
-            await transport.aclose()
+        for pool in pools.values():
+            await pool.transport.aclose()
 
 
 def asgi_client(

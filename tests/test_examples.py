@@ -258,7 +258,7 @@ def doc_snippets(path: Path) -> list[str]:
     return snippets
 
 
-DOC_PAGES = [page for page in sorted(DOCS.glob("*.md")) if doc_snippets(page)]
+DOC_PAGES = [page for page in sorted(DOCS.rglob("*.md")) if doc_snippets(page)]
 
 
 def test_the_docs_have_runnable_snippets() -> None:
@@ -305,7 +305,7 @@ def _anchors(page: Path) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "page", [ROOT / "README.md", *sorted(DOCS.glob("*.md"))], ids=lambda p: p.name
+    "page", [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))], ids=lambda p: p.name
 )
 def test_the_relative_links_of_a_page_resolve(page: Path) -> None:
     for link in _LINK.findall(page.read_text(encoding="utf-8")):

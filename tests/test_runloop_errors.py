@@ -299,3 +299,52 @@ async def test_a_cancellation_from_outside_is_not_swallowed(logged: list[gw.Cont
     assert scope.cancelled_caught
     # The log phase still ran.
     assert len(logged) == 1
+
+
+@attrs.frozen
+class Refusing(gw.Plugin):
+    name = "refusing"
+
+    async def access(self, ctx: gw.Context) -> gw.Response | None:
+        raise gw.RequestRejected("Request size limit exceeded", status_code=413)
+
+
+async def test_a_plugin_raising_request_rejected_answers_its_status_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gateway = gw.Gateway(
+        services=[
+            gw.Service(
+                name="s",
+                url="http://echo.internal",
+                routes=[gw.Route(paths=["/"], plugins=[Refusing()])],
+            )
+        ],
+        engines={"echo.internal": echo_engine()},
+    )
+    result = await call_asgi(gateway, "/")
+    assert result.status == 413
+    assert json.loads(result.body)["message"] == "Request size limit exceeded"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_request_rejected_while_the_upstream_reads_it_is_answered_not_blamed() -> None:
+    async def body_limit(request: UpstreamRequest) -> UpstreamResponse:
+        # What a body stream over a size limit raises inside the engine.
+        raise gw.RequestRejected("too big", status_code=413)
+
+    gateway = gw.Gateway(
+        upstreams=[
+            gw.Upstream(
+                name="up.internal",
+                targets=[gw.Target("10.0.0.1:80")],
+                healthchecks={"passive": {"unhealthy": {"tcp_failures": 1}}},
+            )
+        ],
+        services=[gw.Service(name="s", host="up.internal", routes=[gw.Route(paths=["/"])])],
+        engine=MockEngine(body_limit),
+    )
+    result = await call_asgi(gateway, "/", method="POST", body=[b"0123456789"])
+    assert result.status == 413
+    assert json.loads(result.body)["message"] == "too big"
+    assert gateway.upstream_health("up.internal")["data"][0]["health"] == "HEALTHY"

@@ -11,7 +11,7 @@ gateway = gw.Gateway(services=[
 
 from __future__ import annotations
 
-from . import engines, plugins
+from . import balancers, engines, plugins, stores
 from ._context import Context, Request, ResponseState, UpstreamRequestState
 from ._entities import (
     CACertificate,
@@ -28,6 +28,7 @@ from ._exceptions import (
     ConfigurationError,
     PluginDeclarationError,
     PygatewayError,
+    RequestRejected,
     UpstreamConnectError,
     UpstreamConnectTimeout,
     UpstreamError,
@@ -40,8 +41,13 @@ from ._responses import Response
 from ._snapshot import Configuration
 from ._version import __version__
 from .plugins import Plugin, Scoped
+from .plugins._basic_auth import BasicAuthCredential
+from .plugins._hmac_auth import HMACAuthCredential
+from .plugins._jwt import JWTCredential
+from .plugins._oauth2 import OAuth2Credential
 
 __all__ = [
+    "BasicAuthCredential",
     "CACertificate",
     "Certificate",
     "Configuration",
@@ -51,12 +57,16 @@ __all__ = [
     "Credential",
     "Gateway",
     "GatewayMiddleware",
+    "HMACAuthCredential",
     "Headers",
+    "JWTCredential",
     "KeyAuthCredential",
+    "OAuth2Credential",
     "Plugin",
     "PluginDeclarationError",
     "PygatewayError",
     "Request",
+    "RequestRejected",
     "Response",
     "ResponseState",
     "Route",
@@ -71,6 +81,8 @@ __all__ = [
     "UpstreamRequestState",
     "UpstreamTimeout",
     "__version__",
+    "balancers",
     "engines",
     "plugins",
+    "stores",
 ]

@@ -158,6 +158,7 @@ class Request:
         "client_ip",
         "headers",
         "host",
+        "http_version",
         "method",
         "path",
         "peer_ip",
@@ -181,6 +182,7 @@ class Request:
         client_ip: str,
         peer_ip: str,
         body: _Body,
+        http_version: str = "1.1",
     ) -> None:
         self.method = method
         self.scheme = scheme
@@ -196,6 +198,8 @@ class Request:
         self.client_ip = client_ip
         #: The address of the connecting peer.
         self.peer_ip = peer_ip
+        #: "1.0", "1.1", "2" or "3", as the ASGI server reports it.
+        self.http_version = http_version
         self._body = body
         self._query: dict[str, str | list[str]] | None = None
 

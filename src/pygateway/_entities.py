@@ -337,6 +337,10 @@ class Credential:
 
     def __attrs_post_init__(self) -> None:
         _schema.validate(self)
+        if self.id is None:
+            # Random, not derived from the secret: it is sent upstream, and must reveal
+            # nothing about the credential.
+            object.__setattr__(self, "id", str(uuid.uuid4()))
 
     @property
     def identifier(self) -> str:
@@ -360,11 +364,9 @@ class KeyAuthCredential(Credential):
     ttl: int | None = field(None, between=(0, 100_000_000))
 
     def __attrs_post_init__(self) -> None:
-        _schema.validate(self)
+        super().__attrs_post_init__()
         if not self.key:
             raise ConfigurationError("length must be at least 1", path=("key",))
-        if self.id is None:
-            object.__setattr__(self, "id", str(uuid.uuid4()))
 
 
 @attrs.frozen(kw_only=True)

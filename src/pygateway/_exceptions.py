@@ -3,6 +3,8 @@
     PygatewayError
     ├── ConfigurationError        invalid configuration, raised when it is built
     │   └── PluginDeclarationError  a plugin class that cannot work (raised at registration)
+    ├── RequestRejected           the client's request cannot be served as sent (a body over
+    │                             a size limit, say): answered with its own status and message
     └── UpstreamError             translated at the engine seam; the runloop maps them
         ├── UpstreamConnectError  no connection was made: the next target may be tried  -> 502
         │   └── UpstreamConnectTimeout  (also an UpstreamTimeout)                       -> 504
@@ -21,6 +23,7 @@ __all__ = [
     "ConfigurationError",
     "PluginDeclarationError",
     "PygatewayError",
+    "RequestRejected",
     "UpstreamConnectError",
     "UpstreamConnectTimeout",
     "UpstreamError",
@@ -90,6 +93,22 @@ def _rebuild_configuration_error(
 
 class PluginDeclarationError(ConfigurationError):
     """A plugin class that is declared wrong (a sync phase, a misspelled phase, no name...)."""
+
+
+class RequestRejected(PygatewayError):
+    """The client's request cannot be served as sent; raise it from a plugin, or from a body
+    stream the upstream is reading, to answer `status_code` and `message` (no traceback is
+    logged, and no upstream is blamed)."""
+
+    status_code = 400
+    message = "Bad request"
+
+    def __init__(self, message: str | None = None, *, status_code: int | None = None) -> None:
+        if message is not None:
+            self.message = message
+        if status_code is not None:
+            self.status_code = status_code
+        super().__init__(self.message)
 
 
 class UpstreamError(PygatewayError):

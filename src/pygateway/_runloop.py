@@ -26,7 +26,7 @@ import anyio
 import anyio.lowlevel
 
 from ._context import ClientDisconnect, Context, Request, ResponseState, UpstreamRequestState, _Body
-from ._exceptions import UpstreamConnectError, UpstreamError, UpstreamTimeout
+from ._exceptions import RequestRejected, UpstreamConnectError, UpstreamError, UpstreamTimeout
 from ._headers import Headers
 from ._proxy import (
     body_framing,
@@ -92,6 +92,7 @@ async def handle_http(
         client_ip=client_ip,
         peer_ip=peer,
         body=body,
+        http_version=scope.get("http_version", "1.1"),
     )
     request_id = secrets.token_hex(16)
     ctx = Context(gateway, request, request_id, snapshot)
@@ -300,7 +301,9 @@ async def _fail(
     ):
         ctx.shared["client_disconnected"] = True
         return
-    if isinstance(cause, UpstreamError):
+    if isinstance(cause, RequestRejected):
+        answer = _error(ctx, cause.status_code, cause.message)
+    elif isinstance(cause, UpstreamError):
         logger.warning("upstream failed (request %s): %s", ctx.request_id, cause)
         answer = _error(ctx, cause.status_code, cause.message)
     else:
@@ -331,6 +334,8 @@ async def _phase(
         raise
     except ClientDisconnect:
         raise
+    except RequestRejected as exc:
+        return _error(ctx, exc.status_code, exc.message)
     except Exception:
         logger.exception(
             "plugin %r failed in %s (request %s)",

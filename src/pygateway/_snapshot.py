@@ -8,6 +8,7 @@ instances need a lookup per request; everything else is decided here.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -31,6 +32,8 @@ from .routing import Router
 __all__ = ["Configuration", "PlanEntry", "Snapshot", "UpstreamTLS"]
 
 Path = tuple[PathPart, ...]
+#: The clock `Snapshot.loaded_at` reads (monotonic; tests may replace it).
+clock = time.monotonic
 E = TypeVar("E", Certificate, CACertificate)
 
 
@@ -184,6 +187,9 @@ class Snapshot:
         #: The gateway's pool for each Upstream, set when the snapshot goes live (pools
         #: outlive snapshots: a new configuration updates them in place).
         self.pools: dict[str, UpstreamPool] = {}
+        #: When this configuration was built (monotonic clock): key-auth's `ttl` counts
+        #: from here.
+        self.loaded_at = clock()
         #: What plugins derive from this configuration and keep for its life (indexes of
         #: credentials, compiled rules), built on first use: `derived.get(key)`.
         self.derived: dict[Any, Any] = {}

@@ -10,7 +10,7 @@ from urllib.parse import unquote
 
 import anyio
 
-from .._exceptions import UpstreamProtocolError, UpstreamTimeout
+from .._exceptions import RequestRejected, UpstreamProtocolError, UpstreamTimeout
 from .._types import ASGIApp, Message, RawHeaders
 from ._base import Engine, UpstreamRequest, UpstreamResponse
 
@@ -80,6 +80,8 @@ class _Exchange:
         self.start: Message | None = None
         self.chunks_in, self.chunks_out = anyio.create_memory_object_stream[bytes](4)
         self.failure: BaseException | None = None
+        #: The request body refused itself while the app read it (over a size limit).
+        self.rejected: RequestRejected | None = None
         self.task_group = anyio.create_task_group()
         self.task_id = 0
         self.closed = False
@@ -94,6 +96,9 @@ class _Exchange:
                 chunk = await anext(self.body)
             except StopAsyncIteration:
                 self.body_exhausted = True
+            except RequestRejected as exc:
+                self.rejected = exc
+                raise
             else:
                 return {"type": "http.request", "body": chunk, "more_body": True}
         if not self.body_sent:
@@ -141,6 +146,9 @@ class _Exchange:
         except BaseException:
             await self.close()
             raise
+        if self.rejected is not None:
+            await self.close()
+            raise self.rejected
         if self.start is None:
             await self.close()
             reason = repr(self.failure) if self.failure else "the app returned without a response"

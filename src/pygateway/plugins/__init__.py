@@ -1,18 +1,47 @@
 """Bundled plugins (class name = CamelCase of the Kong name) and the plugin registry.
 
-`gw.plugins.RequestTermination(status_code=403)`; `gw.plugins.get("request-termination")`.
+`gw.plugins.KeyAuth(key_names=["apikey"])`; `gw.plugins.get("key-auth")` (by Kong name).
 """
 
 from __future__ import annotations
 
+from ._acl import Acl
 from ._base import PHASES, Plugin, Scoped
+from ._basic_auth import BasicAuth
+from ._bot_detection import BotDetection
+from ._cors import Cors
+from ._hmac_auth import HmacAuth
+from ._ip_restriction import IpRestriction
+from ._jwt import Jwt
+from ._key_auth import KeyAuth
+from ._oauth2 import OAuth2
+from ._rate_limiting import RateLimiting
+from ._redirect import Redirect
 from ._registry import available, get, register
+from ._request_size_limiting import RequestSizeLimiting
 from ._request_termination import RequestTermination
+from ._request_validator import RequestValidator
+from ._response_ratelimiting import ResponseLimits, ResponseRatelimiting
 
 __all__ = [
+    "Acl",
+    "BasicAuth",
+    "BotDetection",
+    "Cors",
+    "HmacAuth",
+    "IpRestriction",
+    "Jwt",
+    "KeyAuth",
+    "OAuth2",
     "PHASES",
     "Plugin",
+    "RateLimiting",
+    "Redirect",
+    "RequestSizeLimiting",
     "RequestTermination",
+    "RequestValidator",
+    "ResponseLimits",
+    "ResponseRatelimiting",
     "Scoped",
     "available",
     "get",

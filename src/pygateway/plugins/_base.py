@@ -87,22 +87,29 @@ class Plugin:
     def from_config(cls, config: dict[str, Any] | None) -> Plugin:
         """Build from a declarative `config` mapping (Kong's field names)."""
         config = dict(config or {})
-        names = {a.name for a in attrs.fields(cls)}  # type: ignore[arg-type]
+        names = {a.alias or a.name for a in _config_fields(cls)}
         unknown = [k for k in config if k not in names]
         if unknown:
             raise ConfigurationError(errors=[((k,), "unknown field") for k in unknown])
         return cls(**config)
 
     def to_config(self) -> dict[str, Any]:
-        """This plugin's config as plain JSON-able data."""
-        data = attrs.asdict(self, recurse=True)  # type: ignore[arg-type]
-        config: dict[str, Any] = _schema.plain(data)
-        return config
+        """This plugin's config as plain JSON-able data, under Kong's field names (a field's
+        attrs `alias`); fields with `init=False` (state a plugin derives from its config,
+        such as compiled patterns) are not config."""
+        return {
+            a.alias or a.name: _schema.plain(getattr(self, a.name))
+            for a in _config_fields(type(self))
+        }
 
     @classmethod
     def implements(cls, phase: str) -> bool:
         """Does this class override `phase`?"""
         return getattr(cls, phase) is not getattr(Plugin, phase)
+
+
+def _config_fields(cls: type[Plugin]) -> list[attrs.Attribute[Any]]:
+    return [a for a in attrs.fields(cls) if a.init]  # type: ignore[arg-type]
 
 
 def check_declaration(cls: type[Plugin]) -> None:

@@ -63,7 +63,7 @@ class RequestTermination(Plugin):
         ):
             return None
         if self.echo:
-            from .._config import dump_route, entity_fields
+            from .._config import entity_fields
 
             raw_body = await request.body()
             try:
@@ -85,7 +85,8 @@ class RequestTermination(Plugin):
                     "path": request.path,
                     "uri_captures": ctx.uri_captures,
                 },
-                "matched_route": dump_route(ctx.route) if ctx.route else None,
+                # Without the route's plugins: their configs may hold secrets.
+                "matched_route": entity_fields(ctx.route, skip=("plugins",)) if ctx.route else None,
                 "matched_service": entity_fields(ctx.service, skip=("routes", "plugins"))
                 if ctx.service
                 else None,

@@ -57,6 +57,9 @@ PYGW = {
     "pygw-uvicorn": ("uvicorn", "passthrough", True),
     "pygw-uvicorn-noop": ("uvicorn", "noop_plugin", True),
     "pygw-uvicorn-balanced": ("uvicorn", "balanced", True),
+    "pygw-uvicorn-key-auth": ("uvicorn", "key_auth", True),
+    "pygw-uvicorn-ratelimit": ("uvicorn", "rate_limiting", True),
+    "pygw-uvicorn-ratelimit-redis": ("uvicorn", "rate_limiting_redis", True),
     "pygw-granian": ("granian", "passthrough", True),
 }
 QUICK = ["--rounds", "1", "--duration", "5", "--warmup", "2", "--c1-duration", "2"]
@@ -72,6 +75,9 @@ REFERENCES = {
     ],
     "pygw-uvicorn-noop": ["pygw-uvicorn"],
     "pygw-uvicorn-balanced": ["pygw-uvicorn"],
+    "pygw-uvicorn-key-auth": ["pygw-uvicorn"],
+    "pygw-uvicorn-ratelimit": ["pygw-uvicorn"],
+    "pygw-uvicorn-ratelimit-redis": ["pygw-uvicorn"],
     "pygw-granian": ["granian-hello", "granian-httpx"],
 }
 
@@ -126,7 +132,8 @@ def setup() -> None:
     """The harness's setup.sh (apt + venv), then this checkout into the harness venv."""
     subprocess.run([str(BENCH_DIR / "setup.sh")], check=True, env=child_env())
     subprocess.run(
-        [str(BENCH_VENV / "bin" / "python"), "-m", "pip", "install", "-q", "-e", str(ROOT)],
+        # The redis extra: the rate-limiting config with the redis policy needs coredis.
+        [str(BENCH_VENV / "bin" / "python"), "-m", "pip", "install", "-q", "-e", f"{ROOT}[redis]"],
         check=True,
     )
 

@@ -7,6 +7,8 @@ upstream (`UPSTREAM_URL`, set by the harness) and one Route on `/`:
 - `noop_plugin`: plus a global plugin whose `access` and `log` do nothing (dispatch cost);
 - `balanced`: the Service names an Upstream whose one Target is that upstream, with
   passive health checks on (balancing and health accounting cost);
+- `key_auth`, `rate_limiting`, `rate_limiting_redis`: behind one bundled plugin each, to
+  price it against `passthrough`;
 - `terminate`: request-termination answers 200 with the upstream's 100-byte body itself
   (no upstream hop: gateway overhead alone, comparable to the harness's `*-hello` apps).
 

@@ -1049,3 +1049,15 @@ async def test_a_valid_reconfiguration_takes_effect() -> None:
     async with client(gateway) as c:
         assert (await c.get("/a")).status_code == 404
         assert (await c.get("/b")).status_code == 200
+
+
+def test_a_key_auth_key_is_not_shown_in_a_consumer_repr() -> None:
+    consumer = Consumer(username="alice", credentials=[KeyAuthCredential(key="s3cret-key")])
+    assert "s3cret-key" not in repr(consumer)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_number_field_refuses_nan_and_infinity(value: float) -> None:
+    with pytest.raises(ConfigurationError) as excinfo:
+        Upstream(name="u.internal", healthchecks={"threshold": value})
+    assert errors_of(excinfo) == [(("healthchecks", "threshold"), "expected a finite number")]

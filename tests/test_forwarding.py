@@ -16,7 +16,7 @@ from upstreams import call_asgi
 import pygateway as gw
 from pygateway._proxy import TrustedIPs, real_client_ip
 from pygateway.engines import MockEngine, UpstreamResponse
-from pygateway.testing import client
+from pygateway.testing import client, echo_engine
 
 PEER = "192.0.2.10"  # untrusted unless a test says so
 PROXY = "10.0.0.2"  # inside the trusted 10.0.0.0/8
@@ -474,3 +474,21 @@ async def test_underscored_spellings_of_gateway_and_consumer_headers_are_dropped
     for name, _ in UNDERSCORED:
         assert name.decode() not in sent
     assert sent["x_kept_header"] == ["yes"]
+
+
+async def test_authenticated_identity_headers_from_a_client_never_reach_the_upstream() -> None:
+    gateway = gw.Gateway(
+        services=[gw.Service(name="s", url="http://echo.internal", routes=[gw.Route(paths=["/"])])],
+        engines={"echo.internal": echo_engine()},
+    )
+    async with gateway, client(gateway) as http:
+        response = await http.get(
+            "/",
+            headers={
+                "X-Authenticated-Userid": "admin",
+                "X-Authenticated-Scope": "everything",
+                "X_Authenticated_Groups": "admins",
+            },
+        )
+    received = {k.lower() for k in response.json()["headers"]}
+    assert not {k for k in received if k.replace("_", "-").startswith("x-authenticated-")}

@@ -7,13 +7,16 @@ import base64
 import threading
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
 import pygateway as gw
 from pygateway._config import dump, load
 from pygateway.plugins import _basic_auth
+from pygateway.plugins._auth import kdf_limiter
 from pygateway.plugins._basic_auth import (
+    KDF_QUEUE_MAX,
     BasicAuth,
     BasicAuthCredential,
     hash_password,
@@ -388,6 +391,90 @@ async def test_an_unknown_user_costs_a_derivation_too(monkeypatch: pytest.Monkey
     refused(await call(gateway_with(BasicAuth()), headers={"authorization": basic(b"eve:x")}))
     assert len(counting.threads) == 1
     assert threading.get_ident() not in counting.threads
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"proxy-authorization": basic(b"eve:x")},
+        {"proxy-authorization": basic(b"eve:x"), "authorization": "Bearer not-basic"},
+        {"proxy-authorization": basic(b"eve:x"), "authorization": basic(b"mallory:y")},
+        {"proxy-authorization": "garbage", "authorization": basic(b"eve:x")},
+    ],
+    ids=["proxy-only", "proxy-and-other-scheme", "both-unknown", "garbage-proxy"],
+)
+async def test_an_unknown_user_costs_one_derivation_whichever_header_named_it(
+    monkeypatch: pytest.MonkeyPatch, headers: dict[str, str]
+) -> None:
+    counting = Counting(_basic_auth._verify_nobody)
+    monkeypatch.setattr(_basic_auth, "_verify_nobody", counting)
+    refused(await call(gateway_with(BasicAuth()), headers=headers))
+    assert len(counting.threads) == 1
+
+
+async def test_credentials_that_name_nobody_cost_no_derivation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    counting = Counting(_basic_auth._verify_nobody)
+    monkeypatch.setattr(_basic_auth, "_verify_nobody", counting)
+    headers = {"proxy-authorization": "garbage", "authorization": "Basic !!"}
+    refused(await call(gateway_with(BasicAuth()), headers=headers))
+    assert counting.threads == []
+
+
+async def test_a_request_needing_a_derivation_is_refused_at_once_while_the_queue_is_long(
+    derivations: Counting,
+) -> None:
+    limiter = kdf_limiter()
+    holders = [object() for _ in range(int(limiter.total_tokens))]
+    for holder in holders:
+        await limiter.acquire_on_behalf_of(holder)
+    gateway = gateway_with(BasicAuth())
+    headers = {"authorization": basic(b"bob:kong")}
+    release = anyio.Event()
+
+    in_line = 0
+    all_in_line = anyio.Event()
+
+    async def wait_in_line() -> None:
+        nonlocal in_line
+        in_line += 1
+        if in_line == KDF_QUEUE_MAX + 1:
+            all_in_line.set()
+        async with limiter:
+            await release.wait()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(KDF_QUEUE_MAX + 1):
+                tg.start_soon(wait_in_line)
+            await all_in_line.wait()
+            assert limiter.statistics().tasks_waiting == KDF_QUEUE_MAX + 1
+            refused(await call(gateway, headers=headers))
+            assert derivations.threads == []
+            release.set()
+            for holder in holders:
+                limiter.release_on_behalf_of(holder)
+            holders = []
+    finally:
+        for holder in holders:
+            limiter.release_on_behalf_of(holder)
+    # With the queue gone, the same request is derived and let in.
+    upstream(await call(gateway, headers=headers))
+    assert len(derivations.threads) == 1
+
+
+async def test_a_request_joins_a_short_queue_and_is_let_in(derivations: Counting) -> None:
+    limiter = kdf_limiter()
+    holder = object()
+    await limiter.acquire_on_behalf_of(holder)  # one thread busy, the rest free
+    try:
+        upstream(
+            await call(gateway_with(BasicAuth()), headers={"authorization": basic(b"bob:kong")})
+        )
+    finally:
+        limiter.release_on_behalf_of(holder)
+    assert len(derivations.threads) == 1
 
 
 async def test_a_password_hashed_at_the_default_cost_authenticates() -> None:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import re._parser as sre_parse
+from re._constants import (  # type: ignore[attr-defined]
+    ATOMIC_GROUP,
+    BRANCH,
+    MAX_REPEAT,
+    MAXREPEAT,
+    MIN_REPEAT,
+    POSSESSIVE_REPEAT,
+    SUBPATTERN,
+)
 from typing import Any
 
 import pytest
 from upstreams import call_asgi
 
 import pygateway as gw
-from pygateway.plugins._bot_detection import BotDetection
+from pygateway.plugins._bot_detection import BOTS, BotDetection
 from pygateway.testing import client, echo_engine
 
 HELLOWORLD = "HelloWorld"
@@ -125,6 +135,16 @@ def test_the_decision_cache_is_bounded() -> None:
     assert decisions.get("agent/10000") is False
 
 
+def test_the_decision_cache_holds_a_digest_not_the_user_agent() -> None:
+    plugin = BotDetection()
+    decisions = plugin._decisions
+    assert decisions is not None
+    user_agent = "Mozilla/5.0 " + "x" * 16_000
+    decisions.put(user_agent, False)
+    assert decisions.get(user_agent) is False
+    assert all(len(key) <= 32 for key in decisions._cache)
+
+
 def test_an_equal_configuration_is_an_equal_plugin_with_its_own_cache() -> None:
     a, b = BotDetection(deny=["x"]), BotDetection(deny=["x"])
     assert a == b
@@ -137,6 +157,53 @@ def test_a_long_adversarial_user_agent_is_still_judged() -> None:
     assert plugin.refuses("Google" * 1500 + " /+/web/snippet")
     assert not plugin.refuses("MSIE 6.0;" * 900)
     assert plugin.refuses("MSIE 6.0;" * 900 + " MSIECrawler")
+
+
+def _ambiguous_runs(items: Any) -> bool:
+    """Does this parsed regex put two unbounded repeats of the same thing back to back
+    (only optional items between)? Such a pair splits a long run n ways: quadratic."""
+    items = list(items)
+    for i, (op, av) in enumerate(items):
+        if op in (MAX_REPEAT, MIN_REPEAT) and av[1] == MAXREPEAT:
+            for next_op, next_av in items[i + 1 :]:
+                if next_op not in (MAX_REPEAT, MIN_REPEAT):
+                    break
+                if next_av[1] == MAXREPEAT and list(next_av[2]) == list(av[2]):
+                    return True
+                if next_av[0] > 0:
+                    break
+        children: list[Any] = []
+        if op in (MAX_REPEAT, MIN_REPEAT, POSSESSIVE_REPEAT):
+            children = [av[2]]
+        elif op is SUBPATTERN:
+            children = [av[3]]
+        elif op is ATOMIC_GROUP:
+            children = [av]
+        elif op is BRANCH:
+            children = list(av[1])
+        if any(_ambiguous_runs(child) for child in children):
+            return True
+    return False
+
+
+def test_no_known_bot_pattern_splits_a_long_run_of_characters_many_ways() -> None:
+    assert _ambiguous_runs(sre_parse.parse(r" PTST/\d+\.?\d+$"))  # Kong's, quadratic
+    quadratic = [p for p in BOTS if _ambiguous_runs(sre_parse.parse(p))]
+    assert quadratic == []
+
+
+def test_a_long_run_of_digits_after_ptst_is_judged_as_kongs_pattern_would() -> None:
+    plugin = BotDetection()
+    assert not plugin.refuses("a PTST/" + "1" * 16_000 + "x")
+    assert plugin.refuses("a PTST/" + "1" * 16_000)
+    for version, bot in [
+        ("1", False),
+        ("12", True),
+        ("1.2", True),
+        ("1.", False),
+        ("1.2.3", False),
+    ]:
+        assert plugin.refuses(f"Mozilla/5.0 PTST/{version}") is bot, version
 
 
 # -- configuration -----------------------------------------------------------------------------

@@ -262,6 +262,22 @@ async def test_the_request_target_pseudo_header_is_signed_with_a_lower_case_meth
 
 
 @pytest.mark.parametrize(
+    ("pseudo", "line"),
+    [("@request-target", "@request-target: get /public"), ("request-line", "GET /public HTTP/1.1")],
+)
+async def test_a_client_header_named_as_a_pseudo_header_does_not_replace_the_request_target(
+    pseudo: str, line: str
+) -> None:
+    date = now()
+    value = hmac_header(sign(f"date: {date}\n{line}"), f"date {pseudo}")
+    forged = line if pseudo == "request-line" else line.removeprefix("@request-target: ")
+    headers = {"date": date, "authorization": value, pseudo: forged}
+    refused(await call(gateway_with(ROUTE), path="/admin/delete", headers=headers), NOT_SAME)
+    # Signed for the target it is sent to, it passes, the header notwithstanding.
+    upstream(await call(gateway_with(ROUTE), path="/public", headers=headers))
+
+
+@pytest.mark.parametrize(
     ("signed", "sent"),
     [("/request", "/request?name=foo"), ("/request/", "/request/?name=foo")],
 )
@@ -336,19 +352,59 @@ async def test_a_malformed_x_date_without_a_date_is_refused() -> None:
     refused(response, NO_DATE)
 
 
+def signed_with_dates(x_date: str, date: str, signed: str) -> dict[str, str]:
+    values = {"x-date": x_date, "date": date}
+    values = {k: now() if v == "now" else v for k, v in values.items()}
+    text = "\n".join(
+        f"{name}: {values[name]}" if name in values else f"{name}:" for name in signed.split(" ")
+    )
+    return {**values, "authorization": hmac_header(sign(text), signed)}
+
+
 @pytest.mark.parametrize(
     ("x_date", "date", "signed"),
     [
-        ("wrong date", "now", "date"),  # a valid date rescues a malformed x-date
-        ("wrong date", "now", "x-date"),  # ... even when the malformed one is signed
-        ("now", "wrong date", "date"),
+        ("wrong date", "now", "date"),  # an unsigned malformed x-date does not matter
+        ("now", "wrong date", "x-date"),
+        ("now", "wrong date", "x-date date"),
+        ("now", "now", "date x-date"),
     ],
 )
-async def test_one_valid_date_header_is_enough(x_date: str, date: str, signed: str) -> None:
-    values = {"x-date": x_date, "date": date}
-    values = {k: now() if v == "now" else v for k, v in values.items()}
-    value = hmac_header(sign(f"{signed}: {values[signed]}"), signed)
-    upstream(await call(gateway_with(ROUTE), headers={**values, "authorization": value}))
+async def test_a_valid_signed_date_header_is_enough(x_date: str, date: str, signed: str) -> None:
+    upstream(await call(gateway_with(ROUTE), headers=signed_with_dates(x_date, date, signed)))
+
+
+@pytest.mark.parametrize(
+    ("x_date", "date", "signed"),
+    [
+        ("wrong date", "now", "x-date"),  # a valid unsigned date does not rescue it
+        ("now", "wrong date", "date"),  # nor does a valid unsigned x-date
+        ("wrong date", "now", "x-date date"),  # x-date decides when both are signed
+        ("wrong date", "now", "date x-date"),
+    ],
+)
+async def test_only_the_signed_date_header_decides_whether_the_request_is_fresh(
+    x_date: str, date: str, signed: str
+) -> None:
+    headers = signed_with_dates(x_date, date, signed)
+    refused(await call(gateway_with(ROUTE), headers=headers), NO_DATE)
+
+
+async def test_a_day_old_signed_request_cannot_be_replayed_with_a_fresh_unsigned_x_date() -> None:
+    old = now(-86400)
+    text = f"date: {old}\nGET /request HTTP/1.1"
+    value = hmac_header(sign(text), "date request-line")
+    plugin = HmacAuth(enforce_headers=["date", "request-line"])
+    headers = {"date": old, "x-date": now(), "authorization": value}
+    refused(await call(gateway_with(plugin), headers=headers), NO_DATE, "hmac")
+
+
+@pytest.mark.parametrize(("x_date", "date"), [("now", "wrong date"), ("wrong date", "now")])
+async def test_with_no_date_signed_either_valid_date_header_is_enough(
+    x_date: str, date: str
+) -> None:
+    headers = signed_with_dates(x_date, date, "content-md5")
+    upstream(await call(gateway_with(ROUTE), headers=headers))
 
 
 @pytest.mark.parametrize("offset", [-400, 400, -86400])

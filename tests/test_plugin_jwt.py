@@ -542,8 +542,10 @@ async def test_a_custom_header_is_read_and_only_its_first_occurrence() -> None:
     assert upstream_headers(response)["x-consumer-username"] == ["alice"]
 
 
-@pytest.mark.parametrize("value", ["bearer {t}", "Bearer   {t}", "Basic abc, Bearer {t}"])
-async def test_the_bearer_scheme_is_found_as_kong_finds_it(value: str) -> None:
+@pytest.mark.parametrize(
+    "value", ["bearer {t}", "Bearer   {t}", "Basic abc, Bearer {t}", "BEARER {t}", "  bEaReR {t}"]
+)
+async def test_the_bearer_scheme_is_found_anywhere_and_in_any_case(value: str) -> None:
     token = sign({"iss": "hs-key"})
 
     response = await call(gateway(Jwt()), headers={"authorization": value.format(t=token)})
@@ -551,7 +553,7 @@ async def test_the_bearer_scheme_is_found_as_kong_finds_it(value: str) -> None:
     assert upstream_headers(response)["x-consumer-username"] == ["alice"]
 
 
-@pytest.mark.parametrize("value", ["{t}", "Token {t}", "BEARER {t}", "Bearer"])
+@pytest.mark.parametrize("value", ["{t}", "Token {t}", "Bearer{t}", "Bearer", "Bearer   "])
 async def test_a_header_without_a_bearer_token_carries_no_token(value: str) -> None:
     token = sign({"iss": "hs-key"})
 
@@ -597,6 +599,30 @@ async def test_different_tokens_are_refused_whichever_places_they_come_from(
 
 
 # -- refusals -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("filler", [" ", "\t", "Bearer"])
+async def test_a_100_kb_header_of_spaces_is_answered(filler: str) -> None:
+    value = "x" + filler * (100_000 // len(filler)) + "x"
+
+    body, challenge = await refusal(Jwt(), headers={"authorization": value})
+
+    assert (body, challenge) == ({"message": "Unauthorized"}, "Bearer")
+
+
+async def test_the_first_request_after_a_reload_parses_no_public_key_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    credential = JWTCredential(key="rs-key", algorithm="RS256", rsa_public_key=pem(RSA_KEY))
+    token = sign({"iss": "rs-key"}, alg="RS256", key=RSA_KEY)
+
+    def parse_again(algorithm: str, pem: str) -> Any:
+        raise AssertionError("the public key was parsed again")
+
+    monkeypatch.setattr("pygateway.plugins._jwt.load_public_key", parse_again)
+    response = await call(gateway(Jwt(), credentials=(credential,)), headers=bearer(token))
+
+    assert upstream_headers(response)["x-credential-identifier"] == ["rs-key"]
 
 
 async def test_no_token_is_401_unauthorized_with_a_bare_bearer_challenge() -> None:

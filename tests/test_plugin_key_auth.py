@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from upstreams import call_asgi
 
 import pygateway as gw
 import pygateway._snapshot
@@ -350,12 +351,50 @@ async def test_hide_credentials_removes_the_key_from_a_json_body_and_keeps_its_t
     assert seen["headers"]["content-type"] == ["application/json"]
 
 
-async def test_hide_credentials_also_clears_the_body_when_the_key_came_in_a_header() -> None:
+@pytest.mark.parametrize("place", ["header", "query"])
+async def test_hide_credentials_leaves_the_body_unread_when_the_key_came_before_it(
+    place: str,
+) -> None:
     gateway = gateway_with(KeyAuth(key_in_body=True, hide_credentials=True))
-    seen = upstream(
-        await call(gateway, "POST", json={"apikey": "other", "n": 1}, headers={"apikey": "kong"})
+    where: dict[str, Any] = (
+        {"headers": {"apikey": "kong"}} if place == "header" else {"path": "/r?apikey=kong"}
     )
-    assert json.loads(seen["body"]) == {"n": 1}
+    seen = upstream(await call(gateway, "POST", content=b'{"apikey": "other"}', **where))
+    assert seen["body"] == '{"apikey": "other"}'
+    assert "apikey" not in seen["headers"]
+    assert seen["query"] == ""
+
+
+async def test_a_key_in_a_body_over_64_kib_is_not_looked_for() -> None:
+    gateway = gateway_with(KeyAuth(key_in_body=True))
+    padding = "x" * (64 * 1024)
+    large = await call(gateway, "POST", json={"apikey": "kong", "padding": padding})
+    small = await call(gateway, "POST", json={"apikey": "kong", "padding": "x"})
+    refused(large, "No API key found in request")
+    upstream(small)
+
+
+@pytest.mark.parametrize("content_type", ["application/octet-stream", "application/json"])
+async def test_a_body_without_a_length_or_a_key_type_is_not_read(content_type: str) -> None:
+    read = 0
+
+    def chunks() -> Any:
+        nonlocal read
+        for _ in range(64):
+            read += 1
+            yield b"x" * 65536
+
+    gateway = gateway_with(KeyAuth(key_in_body=True))
+    async with gateway:
+        response = await call_asgi(
+            gateway,
+            "/request",
+            method="POST",
+            headers=[(b"content-type", content_type.encode()), (b"transfer-encoding", b"chunked")],
+            body=chunks(),
+        )
+    assert response.status == 401
+    assert read < 64
 
 
 async def test_hide_credentials_leaves_a_body_without_the_key_untouched() -> None:

@@ -14,9 +14,11 @@ import anyio
 import attrs
 import httpx
 import pytest
+from upstreams import call_asgi, wait_until
 
 import pygateway as gw
 from pygateway import KeyAuthCredential
+from pygateway.plugins._auth import KDF_THREADS, kdf_limiter, run_kdf
 from pygateway.plugins._oauth2 import (
     STORE_KEY,
     MemoryTokenStore,
@@ -230,6 +232,7 @@ def test_at_least_one_flow_must_be_enabled() -> None:
         ),
         ({"pkce": "always"}, "pkce: expected one of: none, lax, strict"),
         ({"token_expiration": "7200"}, "token_expiration: expected a number"),
+        ({"anonymous": ""}, "anonymous: length must be at least 1"),
     ],
 )
 def test_invalid_configuration_names_kongs_field(config: dict[str, Any], message: str) -> None:
@@ -420,6 +423,79 @@ async def test_client_credentials_work_for_a_client_without_redirect_uris() -> N
             http, client_id="clientid10112", client_secret="secret10112"
         )
         assert (await api(http, access_token)).status_code == 200
+
+
+async def test_a_public_client_gets_no_token_by_client_credentials() -> None:
+    async with https(gateway_with()) as http:
+        response = await http.post(
+            "/api/oauth2/token",
+            json={"grant_type": "client_credentials", "client_id": "clientid11211"},
+        )
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "unauthorized_client",
+        "error_description": "The client_credentials grant is for confidential clients only",
+    }
+    assert response.headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize("filler", [" ", "\t", "Basic"])
+async def test_a_100_kb_authorization_header_of_spaces_is_answered(filler: str) -> None:
+    value = "x" + filler * (100_000 // len(filler)) + "x"
+    async with https(gateway_with()) as http:
+        issued = await http.post(
+            "/api/oauth2/token",
+            json={"grant_type": "client_credentials"},
+            headers={"Authorization": value},
+        )
+        called = await http.get("/api/request", headers={"Authorization": value})
+    assert issued.status_code == 400
+    assert issued.json()["error"] == "invalid_client"
+    assert called.status_code == 401
+    assert called.json()["error"] == "invalid_token"
+
+
+@pytest.mark.parametrize("scheme", ["Basic", "basic", "BASIC"])
+async def test_the_basic_scheme_of_a_client_is_read_in_any_case(scheme: str) -> None:
+    basic = base64.b64encode(b"clientid123:secret123").decode()
+    async with https(gateway_with()) as http:
+        response = await http.post(
+            "/api/oauth2/token",
+            json={"scope": "email", "grant_type": "client_credentials"},
+            headers={"Authorization": f"{scheme} {basic}"},
+        )
+    assert response.status_code == 200, response.text
+
+
+async def test_hashed_secrets_are_checked_a_few_at_a_time() -> None:
+    release = anyio.Event()
+    done: list[httpx.Response] = []
+
+    def busy() -> None:
+        anyio.from_thread.run(release.wait)
+
+    async with https(gateway_with()) as http, anyio.create_task_group() as tg:
+        limiter = kdf_limiter()
+        for _ in range(KDF_THREADS):
+            tg.start_soon(run_kdf, busy)
+
+        async def ask() -> None:
+            done.append(
+                await post_token(
+                    http,
+                    grant_type="client_credentials",
+                    client_id="clientid999",
+                    client_secret="hashedsecret",
+                )
+            )
+
+        await wait_until(lambda: limiter.borrowed_tokens == KDF_THREADS)
+        tg.start_soon(ask)
+        # the token request queues behind the busy derivations
+        await wait_until(lambda: limiter.statistics().tasks_waiting == 1)
+        assert not done
+        release.set()
+    assert done[0].status_code == 200, done[0].text
 
 
 async def test_the_client_may_authenticate_with_basic_auth() -> None:
@@ -1223,14 +1299,55 @@ async def test_the_token_may_be_sent_with_bearer_or_token(scheme: str) -> None:
     assert response.status_code == 200
 
 
-async def test_the_token_may_be_sent_in_a_form_or_json_body() -> None:
+async def test_the_token_may_be_sent_in_a_form_body_only() -> None:
     async with https(gateway_with()) as http:
         access_token = await client_credentials(http)
         form = await http.post("/api/request", data={"access_token": access_token})
-        body = await http.post("/api/request", json={"access_token": access_token})
-        missing = await http.post("/api/request", json={"other": 1})
-    assert form.status_code == body.status_code == 200
-    assert missing.status_code == 401
+        json_body = await http.post("/api/request", json={"access_token": access_token})
+        missing = await http.post("/api/request", data={"other": "1"})
+    assert form.status_code == 200
+    assert json_body.status_code == missing.status_code == 401
+    assert json_body.json()["error_description"] == "The access token is missing"
+
+
+async def test_a_token_in_a_form_body_over_64_kib_is_not_looked_for() -> None:
+    async with https(gateway_with()) as http:
+        access_token = await client_credentials(http)
+        padding = "x" * (64 * 1024)
+        large = await http.post(
+            "/api/request", data={"access_token": access_token, "padding": padding}
+        )
+        small = await http.post("/api/request", data={"access_token": access_token, "p": "x"})
+    assert large.status_code == 401
+    assert large.json()["error_description"] == "The access token is missing"
+    assert small.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/octet-stream", "application/x-www-form-urlencoded"]
+)
+async def test_an_unauthenticated_body_that_cannot_hold_a_token_is_not_read(
+    content_type: str,
+) -> None:
+    read = 0
+
+    def chunks() -> Any:
+        nonlocal read
+        for _ in range(64):
+            read += 1
+            yield b"x" * 65536
+
+    gateway = gateway_with()
+    async with gateway:
+        response = await call_asgi(
+            gateway,
+            "/api/upload",
+            method="POST",
+            headers=[(b"content-type", content_type.encode()), (b"transfer-encoding", b"chunked")],
+            body=chunks(),
+        )
+    assert response.status == 401
+    assert read < 64
 
 
 async def test_a_custom_auth_header_name_carries_the_token() -> None:
@@ -1392,6 +1509,18 @@ async def test_hide_credentials_removes_the_token_from_what_the_upstream_gets() 
     assert query.json()["query"] == "a=1&b=%20x"
     assert form.json()["body"] == "a=1&b=2"
     assert access_token not in header.text + query.text + form.text
+
+
+@pytest.mark.parametrize("value", ["{t}", "Bearer {t}", "token {t}"])
+async def test_hide_credentials_removes_the_header_however_the_token_is_sent_in_it(
+    value: str,
+) -> None:
+    async with https(gateway_with(oauth2(hide_credentials=True))) as http:
+        access_token = await client_credentials(http)
+        response = await http.get(
+            "/api/request", headers={"Authorization": value.format(t=access_token)}
+        )
+    assert "authorization" not in upstream_headers(response)
 
 
 async def test_without_hide_credentials_the_upstream_gets_the_token() -> None:
@@ -1582,6 +1711,20 @@ async def test_the_memory_store_expires_entries_and_stays_bounded() -> None:
     await store.put("h", {"v": "h"})
     assert await store.get("g") is None
     assert await store.get("e") == {"v": "e"}
+
+
+async def test_a_full_memory_store_drops_expired_entries_before_live_ones() -> None:
+    clock = Clock()
+    store = MemoryTokenStore(max_entries=3, clock=clock)
+    await store.put("live", {"v": 1}, ttl=100)
+    await store.put("soon", {"v": 2}, ttl=10)
+    await store.put("forever", {"v": 3})
+    clock.now += 20
+    await store.put("new", {"v": 4}, ttl=100)
+    assert len(store) == 3
+    assert await store.get("live") == {"v": 1}  # the oldest, but still valid
+    assert await store.get("forever") == {"v": 3}
+    assert await store.get("new") == {"v": 4}
 
 
 async def test_a_store_that_implements_nothing_says_what_to_implement() -> None:

@@ -234,6 +234,33 @@ async def test_a_streamed_body_under_the_limit_passes_through_an_asgi_upstream()
     assert json.loads(result.body)["body"] == "aaaaaabbbbbb"
 
 
+@pytest.mark.parametrize("content_length", [b"1", b"0"])
+async def test_a_chunked_body_is_counted_whatever_content_length_comes_with_it(
+    content_length: bytes,
+) -> None:
+    engine = recording()
+    gateway = gateway_with(
+        RequestSizeLimiting(allowed_payload_size=10, size_unit="bytes"), engine=engine
+    )
+    request = chunked(b"a" * 5000, b"b" * 5000)
+    request["headers"].append((b"content-length", content_length))
+    refused(await call_asgi(gateway, "/", **request), 413)
+    assert engine.requests == []
+
+
+async def test_a_chunked_body_under_the_limit_passes_whatever_content_length_comes_with_it() -> (
+    None
+):
+    engine = recording()
+    gateway = gateway_with(
+        RequestSizeLimiting(allowed_payload_size=10, size_unit="bytes"), engine=engine
+    )
+    request = chunked(b"a" * 3, b"b" * 3)
+    request["headers"].append((b"content-length", b"1000"))
+    assert (await call_asgi(gateway, "/", **request)).status == 200
+    assert engine.requests[0].content == b"aaabbb"
+
+
 @attrs.frozen
 class ReadsBody(gw.Plugin):
     """Test-only: reads (buffers) the whole body before request-size-limiting runs."""

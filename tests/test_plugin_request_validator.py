@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import re._parser as sre_parse
 import sys
+from re._constants import (  # type: ignore[attr-defined]
+    BRANCH,
+    MAX_REPEAT,
+    MAXREPEAT,
+    MIN_REPEAT,
+    SUBPATTERN,
+)
 from typing import Any
 
 import httpx
 import pytest
 
 import pygateway as gw
+from pygateway.plugins import _request_validator
 from pygateway.plugins._request_validator import RequestValidator, parse_media_type
 from pygateway.testing import client, echo_engine
 
@@ -311,8 +320,40 @@ def test_media_types_parse_as_kongs_grammar() -> None:
     )
     assert parse_media_type('text/plain;a="b;c\\"d"') == ("text", "plain", (("a", 'b;c"d'),))
     assert parse_media_type("*") == ("*", "*", ())
-    for invalid in ("application/ json", "json", "a/b; c", "a/b;c=", "a/b c", ""):
+    for invalid in ("application/ json", "json", "a/b; c", "a/b;c=", "a/b c", "", "a/b;"):
         assert parse_media_type(invalid) is None, invalid
+
+
+def _nested_unbounded(items: Any, inside: bool = False) -> bool:
+    """Does this parsed regex repeat, without bound, something that itself holds an
+    unbounded repeat? (Such a pattern backtracks exponentially when it fails.)"""
+    for op, av in items:
+        if op in (MAX_REPEAT, MIN_REPEAT):
+            unbounded = av[1] == MAXREPEAT
+            if unbounded and inside:
+                return True
+            children = [(av[2], inside or unbounded)]
+        elif op is SUBPATTERN:
+            children = [(av[3], inside)]
+        elif op is BRANCH:
+            children = [(branch, inside) for branch in av[1]]
+        else:
+            children = []
+        if any(_nested_unbounded(child, nested) for child, nested in children):
+            return True
+    return False
+
+
+def test_the_media_type_grammar_cannot_backtrack_exponentially() -> None:
+    assert _nested_unbounded(sre_parse.parse(r"(?:a;[a-z]+=.*?)*"))  # the shape it had
+    assert not _nested_unbounded(sre_parse.parse(_request_validator._MEDIA_TYPE.pattern))
+    assert not _nested_unbounded(sre_parse.parse(_request_validator._PARAM.pattern))
+
+
+@pytest.mark.parametrize("tail", ["\n", "\r\n", "\nx=y", ';a="b\nc"'])
+def test_a_media_type_with_a_line_break_is_not_one(tail: str) -> None:
+    assert parse_media_type("application/json" + ";a=b" * 12 + tail) is None
+    assert parse_media_type("application/json" + ";a=b" * 12) is not None
 
 
 # -- parameters ----------------------------------------------------------------------------
@@ -641,6 +682,69 @@ def test_an_invalid_body_schema_is_refused_with_its_path(schema: str, start: str
 
     assert path == ("body_schema",)
     assert reason.startswith(start), reason
+
+
+@pytest.mark.parametrize(
+    ("version", "schema", "start"),
+    [
+        ("draft202012", {"$dynamicRef": "https://example.com/s.json#meta"}, "remote references"),
+        ("draft202012", {"items": {"$dynamicRef": "other.json#meta"}}, "remote references"),
+        ("draft202012", {"$dynamicRef": "#nowhere"}, "unresolvable reference: '#nowhere'"),
+        ("draft201909", {"$recursiveRef": "https://example.com/s.json"}, "remote references"),
+        ("draft202012", {"$ref": "#nowhere"}, "unresolvable reference: '#nowhere'"),
+        (
+            "draft202012",
+            {"$id": "https://example.com/root.json", "items": {"$ref": "#/$defs/none"}},
+            "unresolvable reference: '#/$defs/none'",
+        ),
+    ],
+)
+def test_a_reference_the_schema_cannot_resolve_itself_is_refused_when_built(
+    version: str, schema: dict[str, Any], start: str
+) -> None:
+    [(path, reason)] = errors_of(version=version, body_schema=json.dumps(schema))
+
+    assert path == ("body_schema",)
+    assert reason.startswith(start), reason
+
+
+def test_no_reference_is_ever_fetched(monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.request
+
+    fetched: list[Any] = []
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **kw: fetched.append(a))
+    schema = {"$dynamicRef": "https://example.com/s.json#meta"}
+    errors_of(version="draft202012", body_schema=json.dumps(schema))
+    assert fetched == []
+
+
+TREE = {
+    "$id": "https://example.com/tree.json",
+    "$dynamicAnchor": "node",
+    "$defs": {"leaf": {"type": "integer"}},
+    "type": "object",
+    "properties": {
+        "value": {"$ref": "#/$defs/leaf"},
+        "children": {"type": "array", "items": {"$dynamicRef": "#node"}},
+    },
+}
+
+
+async def test_local_dynamic_references_validate_without_fetching_anything(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import urllib.request
+
+    fetched: list[Any] = []
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **kw: fetched.append(a))
+    plugin = RequestValidator(version="draft202012", body_schema=json.dumps(TREE))
+    gateway = gateway_with(plugin)
+
+    good = {"value": 1, "children": [{"value": 2, "children": []}]}
+    assert (await post(gateway, good)).status_code == 200
+    bad = {"value": 1, "children": [{"value": "two"}]}
+    assert (await post(gateway, bad)).status_code == 400
+    assert fetched == []
 
 
 def test_an_unknown_version_is_refused() -> None:

@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl
 import anyio
 
 from ._headers import Headers
+from ._headers import _checked_value as _value
 from ._types import Message, Receive
 
 if TYPE_CHECKING:
@@ -33,6 +34,10 @@ CONSUMER_HEADERS = (
     b"x-anonymous-consumer",
     b"x-consumer-groups",
 )
+
+
+#: What `Context.authenticate` sets (and so clears first).
+_IDENTITY = frozenset(CONSUMER_HEADERS[:5])
 
 
 class ClientDisconnect(Exception):
@@ -343,20 +348,29 @@ class Context:
         self.credential = credential
         if self.upstream_request is None:
             return
-        headers = self.upstream_request.headers
-        for name in CONSUMER_HEADERS[:5]:
-            if name.decode() in headers:
-                del headers[name.decode()]
+        # On the raw list, in one pass: this runs for every authenticated request.
+        raw = self.upstream_request.headers.raw
+        if any(k in _IDENTITY for k, _ in raw):
+            raw[:] = [(k, v) for k, v in raw if k not in _IDENTITY]
         if consumer is not None:
-            headers["x-consumer-id"] = consumer.id or ""
+            raw.append((b"x-consumer-id", _value("x-consumer-id", consumer.id or "")))
             if consumer.custom_id:
-                headers["x-consumer-custom-id"] = consumer.custom_id
+                raw.append(
+                    (b"x-consumer-custom-id", _value("x-consumer-custom-id", consumer.custom_id))
+                )
             if consumer.username:
-                headers["x-consumer-username"] = consumer.username
+                raw.append(
+                    (b"x-consumer-username", _value("x-consumer-username", consumer.username))
+                )
         if credential is not None:
-            headers["x-credential-identifier"] = credential.identifier
+            raw.append(
+                (
+                    b"x-credential-identifier",
+                    _value("x-credential-identifier", credential.identifier),
+                )
+            )
         if anonymous:
-            headers["x-anonymous-consumer"] = "true"
+            raw.append((b"x-anonymous-consumer", b"true"))
 
     def __repr__(self) -> str:
         return f"<Context {self.request_id} {self.request!r}>"

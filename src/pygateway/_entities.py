@@ -360,7 +360,7 @@ class KeyAuthCredential(Credential):
     plugin: ClassVar[str] = "key-auth"
     unique: ClassVar[tuple[str, ...]] = ("key",)
 
-    key: str = attrs.field(factory=lambda: secrets.token_urlsafe(24))
+    key: str = attrs.field(factory=lambda: secrets.token_urlsafe(24), repr=False)
     ttl: int | None = field(None, between=(0, 100_000_000))
 
     def __attrs_post_init__(self) -> None:

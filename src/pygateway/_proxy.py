@@ -63,6 +63,10 @@ _GATEWAY_SET = frozenset(
         b"x-real-ip",
         b"x-credential-identifier",
         b"x-anonymous-consumer",
+        # What auth plugins (oauth2, acl) tell the upstream about the caller.
+        b"x-authenticated-userid",
+        b"x-authenticated-scope",
+        b"x-authenticated-groups",
         b"expect",
     }
 )

@@ -9,6 +9,7 @@ collected into one `ConfigurationError` naming each field path.
 
 from __future__ import annotations
 
+import math
 import re
 import types
 import typing
@@ -223,6 +224,9 @@ def coerce(
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             errors.append((path, "expected a number"))
+        elif not math.isfinite(value):
+            # NaN compares false with everything: a limit of NaN would be no limit.
+            errors.append((path, "expected a finite number"))
         return value
     if origin in (tuple, list, frozenset, set, Sequence) or hint in (tuple, list):
         if isinstance(value, str | bytes | Mapping) or not isinstance(

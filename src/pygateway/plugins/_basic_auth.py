@@ -8,7 +8,11 @@ back keeps it. A value in exactly that form is taken as a hash; anything else is
 
 Deriving a hash takes tens of milliseconds on purpose, so it runs in a worker thread (never on
 the event loop), at most a few at a time, and a successful check is remembered for the life of
-the configuration: a credential in use is derived once, not on every request.
+the configuration: a credential in use is derived once, not on every request. When more than
+`KDF_QUEUE_MAX` derivations are already waiting, a request that needs one is refused at once
+(401) instead of joining the queue: a flood of guesses costs its senders, not everyone.
+An unknown username costs a derivation too, whichever header named it, so the time of the
+answer does not tell which usernames exist.
 """
 
 from __future__ import annotations
@@ -17,22 +21,25 @@ import base64
 import binascii
 import hashlib
 import hmac
-import os
 import re
 import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
-import anyio
-import anyio.to_thread
 import attrs
 import cachetools
-from anyio.lowlevel import RunVar
 
 from .._entities import Credential
 from .._exceptions import ConfigurationError
 from .._schema import field
-from ._auth import find_credential, skip_authentication, unauthorized
+from ._auth import (
+    check_anonymous,
+    find_credential,
+    kdf_limiter,
+    run_kdf,
+    skip_authentication,
+    unauthorized,
+)
 from ._base import Plugin
 from ._registry import register
 
@@ -40,7 +47,13 @@ if TYPE_CHECKING:
     from .._context import Context
     from .._responses import Response
 
-__all__ = ["BasicAuth", "BasicAuthCredential", "hash_password", "verify_password"]
+__all__ = [
+    "KDF_QUEUE_MAX",
+    "BasicAuth",
+    "BasicAuthCredential",
+    "hash_password",
+    "verify_password",
+]
 
 #: PBKDF2 iterations for new hashes. ~55 ms per derivation on a 2-core CI machine (600,000,
 #: OWASP's figure for PBKDF2-SHA256, takes ~200 ms there): strong enough for a credential
@@ -172,7 +185,7 @@ class BasicAuth(Plugin):
     priority = 1100
     scopes = frozenset({"global", "service", "route"})
 
-    anonymous: str | None = field(None, check=_check_not_empty)
+    anonymous: str | None = field(None, check=check_anonymous)
     hide_credentials: bool = False
     realm: str = "service"
 
@@ -196,15 +209,17 @@ class BasicAuth(Plugin):
         given = self._read(ctx, "proxy-authorization", proxy_authorization)
         if given is not None:
             found = find_credential(ctx, KIND, "username", given[0])
-        if given is None or found is None:
-            given = self._read(ctx, "authorization", authorization)
-            if given is None:
-                return False
-            found = find_credential(ctx, KIND, "username", given[0])
-            if found is None:
-                # Spend the time a known user costs, so the answer does not tell who exists.
-                await _derive_in_thread(_verify_nobody, given[1])
-                return False
+        if found is None:
+            from_authorization = self._read(ctx, "authorization", authorization)
+            if from_authorization is not None:
+                given = from_authorization
+                found = find_credential(ctx, KIND, "username", given[0])
+        if found is None or given is None:
+            if given is not None:
+                # Spend the time a known user costs, whichever header named the unknown
+                # one, so the answer does not tell who exists.
+                await _derive(_verify_nobody, given[1])
+            return False
         username, password = given
         credential, consumer = found
         if not await _verified(ctx, credential, username, password):
@@ -238,9 +253,9 @@ class BasicAuth(Plugin):
 _VERIFIED = ("basic-auth", "verified")
 #: Successful checks remembered per configuration; the least recently used are dropped.
 _VERIFIED_MAX = 4096
-#: Key derivations running at once (per event loop): a flood of bad passwords queues here
-#: instead of taking every worker thread.
-_KDF_LIMITER: RunVar[anyio.CapacityLimiter] = RunVar("pygateway_basic_auth_kdf")
+#: Key derivations that may wait for a worker thread (per event loop, shared with every
+#: plugin that uses `run_kdf`): past it, a request that needs one is refused at once.
+KDF_QUEUE_MAX = 32
 _DUMMY_SALT = secrets.token_bytes(16)
 
 
@@ -274,13 +289,12 @@ def _verify_nobody(password: str) -> bool:
     return False
 
 
-async def _derive_in_thread(function: Callable[..., bool], *args: str) -> bool:
-    try:
-        limiter = _KDF_LIMITER.get()
-    except LookupError:
-        limiter = anyio.CapacityLimiter(max(2, min(8, os.cpu_count() or 2)))
-        _KDF_LIMITER.set(limiter)
-    return await anyio.to_thread.run_sync(function, *args, limiter=limiter)
+async def _derive(function: Callable[..., bool], *args: str) -> bool:
+    """`function(*args)` in a worker thread; False at once when too many derivations wait
+    already (the queue would only grow under a flood, and every request in it wait)."""
+    if kdf_limiter().statistics().tasks_waiting > KDF_QUEUE_MAX:
+        return False
+    return await run_kdf(function, *args)
 
 
 async def _verified(ctx: Context, credential: Credential, username: str, password: str) -> bool:
@@ -292,7 +306,7 @@ async def _verified(ctx: Context, credential: Credential, username: str, passwor
     mark = cache.mark(credential, username, password)
     if cache.pairs.get(mark):
         return True
-    if not await _derive_in_thread(verify_password, credential.password, password):
+    if not await _derive(verify_password, credential.password, password):
         return False
     cache.pairs[mark] = True
     return True

@@ -15,9 +15,11 @@ credential's secret, of one line per name in `headers`, joined by "\\n":
 - `<name>:` for a header the request lacks.
 
 A `Date` or `X-Date` header within `clock_skew` seconds of the gateway's clock is required,
-which bounds how long a captured request can be replayed; sign it (`enforce_headers`) so it
-cannot be changed. With `validate_request_body`, the `Digest: SHA-256=<base64>` header must
-match the body (sign it too, or it proves nothing).
+which bounds how long a captured request can be replayed. Only a signed one counts: X-Date
+if it is signed, else Date if it is signed; only when neither is signed does either do
+(Kong's rule), so enforce one (`enforce_headers`) to make the bound hold. With
+`validate_request_body`, the `Digest: SHA-256=<base64>` header must match the body (sign it
+too, or it proves nothing).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import attrs
 from .._entities import Credential
 from .._exceptions import ConfigurationError
 from .._schema import field
-from ._auth import find_credential, skip_authentication, unauthorized
+from ._auth import check_anonymous, find_credential, skip_authentication, unauthorized
 from ._base import Plugin
 from ._registry import register
 
@@ -128,7 +130,7 @@ class HmacAuth(Plugin):
 
     hide_credentials: bool = False
     clock_skew: float = field(300, check=_check_positive)
-    anonymous: str | None = field(None, check=_check_not_empty)
+    anonymous: str | None = field(None, check=check_anonymous)
     validate_request_body: bool = False
     enforce_headers: Sequence[str] = ()
     algorithms: Sequence[Algorithm] = ALGORITHMS
@@ -155,16 +157,13 @@ class HmacAuth(Plugin):
         proxy_authorization = request.headers.get("proxy-authorization")
         if authorization is None and proxy_authorization is None:
             return UNAUTHORIZED
-        if not (
-            _fresh(request.headers, "x-date", self.clock_skew)
-            or _fresh(request.headers, "date", self.clock_skew)
-        ):
-            return NO_DATE
         params = _parse(proxy_authorization)
         used = "proxy-authorization"
         if params is None:
             params = _parse(authorization)
             used = "authorization"
+        if not _dated(request.headers, params[2] if params else [], self.clock_skew):
+            return NO_DATE
         upstream = ctx.upstream_request
         if self.hide_credentials and upstream is not None and used in upstream.headers:
             del upstream.headers[used]
@@ -209,9 +208,23 @@ def _parse(value: str | None) -> tuple[str, str, list[str], str] | None:
     return username, algorithm, names.split(" "), signature
 
 
-def _fresh(headers: Headers, name: str, clock_skew: float) -> bool:
-    """Does the `name` header hold an HTTP date within `clock_skew` seconds of now?"""
-    value = headers.get(name)
+def _dated(headers: Headers, signed: list[str], clock_skew: float) -> bool:
+    """Is the request's date within `clock_skew` seconds of now?
+
+    Only a signed date counts: X-Date if it is signed, else Date if it is signed (an
+    unsigned one could be added to a captured request to replay it). When neither is
+    signed, Kong's rule: either header will do.
+    """
+    for wanted in ("x-date", "date"):
+        for name in signed:
+            if name.lower().replace("_", "-") == wanted:
+                # The very value that was signed (found as the signing string finds it).
+                return _fresh(_header_value(headers, name), clock_skew)
+    return _fresh(headers.get("x-date"), clock_skew) or _fresh(headers.get("date"), clock_skew)
+
+
+def _fresh(value: str | None, clock_skew: float) -> bool:
+    """Does `value` hold an HTTP date within `clock_skew` seconds of now?"""
     if not value:
         return False
     try:
@@ -239,15 +252,19 @@ def _signing_string(request: Request, signed: list[str]) -> bytes:
     target = request.raw_path + (f"?{request.query_string}" if request.query_string else "")
     lines: list[bytes] = []
     for name in signed:
+        # The pseudo-headers first: a client header of the same name must not stand in for
+        # the request's own method and target.
+        if name == "@request-target":
+            lines.append(f"@request-target: {request.method.lower()} {target}".encode("latin-1"))
+            continue
+        if name == "request-line":
+            version = _http_version(request)
+            lines.append(f"{request.method} {target} HTTP/{version}".encode("latin-1"))
+            continue
         value = _header_value(request.headers, name) if name else None
         raw_name = name.encode("utf-8", "surrogateescape")
         if value is not None:
             lines.append(raw_name + b": " + value.encode("utf-8", "surrogateescape"))
-        elif name == "@request-target":
-            lines.append(f"@request-target: {request.method.lower()} {target}".encode("latin-1"))
-        elif name == "request-line":
-            version = _http_version(request)
-            lines.append(f"{request.method} {target} HTTP/{version}".encode("latin-1"))
         else:
             lines.append(raw_name + b":")
     return b"\n".join(lines)

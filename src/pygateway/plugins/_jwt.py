@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 import secrets
@@ -45,7 +46,12 @@ from .._entities import Credential
 from .._exceptions import ConfigurationError, PathPart
 from .._responses import Response
 from .._schema import field
-from ._auth import authenticate_anonymous, skip_authentication
+from ._auth import (
+    authenticate_anonymous,
+    check_anonymous,
+    credentials_from_header,
+    skip_authentication,
+)
 from ._base import Plugin
 from ._registry import register
 
@@ -164,6 +170,7 @@ class JWTCredential(Credential):
         JWTCredential(key="mobile-app", algorithm="RS256", rsa_public_key=pem)
 
     Keys are unique across consumers. `X-Credential-Identifier` carries the key.
+    The key it verifies with is prepared once, when the credential is built, and kept.
     """
 
     kind: ClassVar[str] = "jwt_secrets"
@@ -183,17 +190,29 @@ class JWTCredential(Credential):
                 errors.append(((name,), "length must be at least 1"))
         if errors:
             raise ConfigurationError(errors=errors)
-        if _is_hmac(self.algorithm):
-            _check_hmac_secret(self.algorithm, self.secret)
-        elif self.rsa_public_key is None:
+        if not _is_hmac(self.algorithm) and self.rsa_public_key is None:
             raise ConfigurationError(
                 errors=[
                     (("rsa_public_key",), "required field missing"),
                     ((), "failed conditional validation given value of field 'algorithm'"),
                 ]
             )
-        else:
-            load_public_key(self.algorithm, self.rsa_public_key)
+        # Checks the key, and keeps it prepared: parsing thousands of PEM keys again on the
+        # first request after each reload would stall it.
+        self.verification_key  # noqa: B018
+
+    @functools.cached_property
+    def verification_key(self) -> Any:
+        """The public key object, or the secret's bytes for HS*."""
+        if _is_hmac(self.algorithm):
+            return _check_hmac_secret(self.algorithm, self.secret)
+        return load_public_key(self.algorithm, self.rsa_public_key or "")
+
+    @functools.cached_property
+    def decoded_secret(self) -> bytes | None:
+        """The secret decoded from base64 (for `secret_is_base64`), None if it does not
+        decode (or the algorithm is not HS*)."""
+        return _decoded_secret(self)
 
     @property
     def identifier(self) -> str:
@@ -208,10 +227,6 @@ class _Entry:
     credential: JWTCredential
     consumer: Consumer
     algorithm: Algorithm
-    #: The public key object, or the secret's bytes for HS*.
-    key: Any
-    #: The secret decoded from base64 (for `secret_is_base64`), None if it does not decode.
-    decoded_secret: bytes | None
 
 
 def _decoded_secret(credential: JWTCredential) -> bytes | None:
@@ -237,14 +252,8 @@ def _index(snapshot: Snapshot) -> Mapping[str, _Entry]:
         index = {}
         for credential, consumer in snapshot.credentials.get(JWTCredential.kind, ()):
             assert isinstance(credential, JWTCredential)
-            algorithm = credential.algorithm
-            if _is_hmac(algorithm):
-                key: Any = _check_hmac_secret(algorithm, credential.secret)
-            else:
-                key = load_public_key(algorithm, credential.rsa_public_key or "")
-            index[credential.key] = _Entry(
-                credential, consumer, _PYJWT[algorithm], key, _decoded_secret(credential)
-            )
+            # The credential's keys were prepared when it was built.
+            index[credential.key] = _Entry(credential, consumer, _PYJWT[credential.algorithm])
         snapshot.derived[("jwt", "credentials")] = index
     return index
 
@@ -252,7 +261,6 @@ def _index(snapshot: Snapshot) -> Mapping[str, _Entry]:
 # -- tokens ---------------------------------------------------------------------------------
 
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
-_BEARER = re.compile(r"\s*[Bb]earer\s+(.+)")
 
 
 def _b64url(segment: str) -> bytes | None:
@@ -359,10 +367,11 @@ class Jwt(Plugin):
     """Authenticate requests with a JSON Web Token signed for a consumer's `JWTCredential`.
 
     The token is read from the query (`uri_param_names`), cookies (`cookie_names`) and
-    `Bearer` headers (`header_names`); finding different tokens is an error. Its
-    `key_claim_name` claim (or header parameter, e.g. `kid`) names the credential; its
-    `alg` must be the credential's algorithm; `claims_to_verify` lists the registered
-    claims that are checked (none by default: add "exp" to refuse expired tokens).
+    `Bearer` headers (`header_names`; the scheme in any case); finding different tokens is
+    an error. Its `key_claim_name` claim (or header parameter, e.g. `kid`) names the
+    credential; its `alg` must be the credential's algorithm; `claims_to_verify` lists the
+    registered claims that are checked (none by default: add "exp" to refuse expired
+    tokens).
 
     On success the consumer headers (`X-Consumer-*`, `X-Credential-Identifier`: the key) go
     upstream and `ctx.shared["authenticated_jwt_token"]` holds the token. The token itself
@@ -378,7 +387,7 @@ class Jwt(Plugin):
     key_claim_name: str = field("iss", check=_check_nonempty)
     secret_is_base64: bool = False
     claims_to_verify: Sequence[Literal["exp", "nbf"]] | None = None
-    anonymous: str | None = field(None, check=_check_nonempty)
+    anonymous: str | None = field(None, check=check_anonymous)
     run_on_preflight: bool = True
     maximum_expiration: float = field(0, between=(0, 31_536_000))
     header_names: Sequence[str] = field(("authorization",), check=_check_names)
@@ -451,9 +460,9 @@ class Jwt(Plugin):
         credential = entry.credential
         if parsed.header["alg"] != credential.algorithm:
             raise _fail("Invalid algorithm")
-        verify_key = entry.key
+        verify_key = credential.verification_key
         if self.secret_is_base64 and _is_hmac(credential.algorithm):
-            verify_key = entry.decoded_secret
+            verify_key = credential.decoded_secret
             if verify_key is None:
                 raise _fail("Invalid key/secret")
         # The credential's algorithm object and key, never anything the token chose.
@@ -483,9 +492,9 @@ class Jwt(Plugin):
         for name in self.header_names:
             values = request.headers.getlist(name)
             if values:  # only the first of repeated headers, as Kong
-                match = _BEARER.search(values[0])
-                if match:
-                    found[match.group(1)] = None
+                token = credentials_from_header(values[0], "bearer")
+                if token:
+                    found[token] = None
         return list(found)
 
     def _verify_claims(self, claims: dict[str, Any]) -> None:

@@ -3,6 +3,10 @@
 The key is looked for under each of `key_names` in turn; for one name, a header wins over a
 query argument, which wins over a body field. A name given twice in the same place is refused
 ("Duplicate API key found"), as Kong does. Keys are `KeyAuthCredential`s of consumers.
+
+A body is read only when a key is looked for there (`key_in_body`, and no header or query
+argument held it), only a form or JSON body, and only when its Content-Length is at most
+`CREDENTIAL_BODY_MAX` (64 KiB): the client is not authenticated yet.
 """
 
 from __future__ import annotations
@@ -20,7 +24,13 @@ import attrs
 from .._entities import KeyAuthCredential
 from .._exceptions import ConfigurationError, PathPart
 from .._schema import field
-from ._auth import find_credential, skip_authentication, unauthorized
+from ._auth import (
+    check_anonymous,
+    credential_body,
+    find_credential,
+    skip_authentication,
+    unauthorized,
+)
 from ._base import Plugin
 from ._registry import register
 
@@ -45,10 +55,6 @@ _FORM = "application/x-www-form-urlencoded"
 _clock = time.monotonic
 
 
-def _check_anonymous(value: str | None) -> str | None:
-    return "length must be at least 1" if value == "" else None
-
-
 @attrs.frozen(kw_only=True)
 class KeyAuth(Plugin):
     """Let in requests that carry the key of a consumer's `KeyAuthCredential`.
@@ -66,7 +72,7 @@ class KeyAuth(Plugin):
 
     key_names: Sequence[str] = ("apikey",)
     hide_credentials: bool = False
-    anonymous: str | None = field(None, check=_check_anonymous)
+    anonymous: str | None = field(None, check=check_anonymous)
     key_in_header: bool = True
     key_in_query: bool = True
     key_in_body: bool = False
@@ -119,9 +125,8 @@ class KeyAuth(Plugin):
             if isinstance(value, str):
                 key = value
                 if self.hide_credentials:
-                    if self.key_in_body and body is None:
-                        body = await _body_arguments(ctx)
-                    await _hide(ctx, key_name, body if self.key_in_body else None)
+                    # The body only if it was read: not for a key from a header or the query.
+                    await _hide(ctx, key_name, body)
                 break
             if isinstance(value, list | dict):
                 return DUPLICATE
@@ -157,10 +162,16 @@ def _is_json(media_type: str) -> bool:
 
 async def _body_arguments(ctx: Context) -> dict[str, Any]:
     """The body's arguments: a form's fields (a list when repeated) or a JSON object's
-    members. Any other body (or one that does not parse) has none."""
+    members. Any other body (or one that does not parse, or is too large to read) has
+    none."""
     media_type = _media_type(ctx.request.headers)
+    if media_type != _FORM and not _is_json(media_type):
+        return {}
+    raw = await credential_body(ctx.request)
+    if raw is None:
+        return {}
     if media_type == _FORM:
-        text = (await ctx.request.body()).decode("utf-8", "surrogateescape")
+        text = raw.decode("utf-8", "surrogateescape")
         arguments: dict[str, Any] = {}
         for key, value in parse_qsl(text, keep_blank_values=True, errors="surrogateescape"):
             previous = arguments.get(key)
@@ -171,14 +182,11 @@ async def _body_arguments(ctx: Context) -> dict[str, Any]:
             else:
                 arguments[key] = [previous, value]
         return arguments
-    if _is_json(media_type):
-        raw = await ctx.request.body()
-        try:
-            document = json.loads(raw) if raw else None
-        except (ValueError, RecursionError):
-            return {}
-        return document if isinstance(document, dict) else {}
-    return {}
+    try:
+        document = json.loads(raw) if raw else None
+    except (ValueError, RecursionError):
+        return {}
+    return document if isinstance(document, dict) else {}
 
 
 def _without(query: str, key_name: str) -> str:

@@ -1,9 +1,10 @@
 """request-size-limiting: refuse request bodies over a size (Kong's request-size-limiting).
 
-A body with a Content-Length is judged by it before anything is read. A body without one
-(chunked, or HTTP/2) is counted while it streams to the upstream, never buffered: the chunk
-that goes over the limit aborts the upstream request, and the client gets the 413 (or 417
-after `Expect: 100-continue`) if its response has not started.
+A body framed by its Content-Length is judged by it before anything is read. A body whose
+length is not known (chunked, even with a Content-Length beside it; or HTTP/2) is counted
+while it streams to the upstream, never buffered: the chunk that goes over the limit aborts
+the upstream request, and the client gets the 413 (or 417 after `Expect: 100-continue`) if
+its response has not started.
 """
 
 from __future__ import annotations
@@ -66,8 +67,11 @@ class RequestSizeLimiting(Plugin):
     async def access(self, ctx: Context) -> Response | None:
         request = ctx.request
         headers = request.headers
+        body = request._body
         limit = self.limit
-        length = _content_length(headers)
+        # The framing the gateway reads the body with, not the headers: with
+        # Transfer-Encoding: chunked, a Content-Length beside it says nothing of the body.
+        length = _content_length(body.length, headers)
         if length is not None:
             return _exceeded(ctx) if length > limit else None
         if self.require_content_length and not _chunked(headers):
@@ -77,7 +81,6 @@ class RequestSizeLimiting(Plugin):
                 ctx.request_id,
                 accept=headers.get("accept"),
             )
-        body = request._body
         if body.buffered is not None:  # a plugin before this one read it already
             return _exceeded(ctx) if len(body.buffered) > limit else None
         if body.has_body is False:
@@ -114,12 +117,11 @@ class _CountingReceive:
         return message
 
 
-def _content_length(headers: Headers) -> int | None:
-    """The Content-Length, if there is exactly one and it is a number."""
-    values = headers.getlist("content-length")
-    if len(values) != 1:
+def _content_length(value: bytes | None, headers: Headers) -> int | None:
+    """The Content-Length the body is framed by, if it is a number (and the only one)."""
+    if value is None or len(headers.getlist("content-length")) != 1:
         return None
-    value = values[0].strip()
+    value = value.strip()
     return int(value) if value.isascii() and value.isdigit() else None
 
 

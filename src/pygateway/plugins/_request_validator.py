@@ -67,7 +67,9 @@ Errors = list[tuple[tuple[PathPart, ...], str]]
 # -- media types (RFC 2045, as Kong's kong.tools.mime_type) ---------------------------------
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_MEDIA_TYPE = re.compile(rf"(?:({_TOKEN})/({_TOKEN})|(\*))((?:[ \t]*;[ \t]*{_TOKEN}=.*?)*)")
+# The parameters are taken whole here and parsed strictly by `_PARAM` below: a repeated
+# group here would backtrack exponentially on a value that does not match (a newline).
+_MEDIA_TYPE = re.compile(rf"(?:({_TOKEN})/({_TOKEN})|(\*))((?:[ \t]*;.*)?)", re.DOTALL)
 _PARAM = re.compile(rf'[ \t]*;[ \t]*({_TOKEN})=({_TOKEN}|"(?:[^"\\\x00-\x1f\x7f]|\\[\x00-\x7f])*")')
 
 MediaType = tuple[str, str, tuple[tuple[str, str], ...]]
@@ -212,11 +214,21 @@ def _decode(value: str | Mapping[str, Any] | bool) -> Any:
     return _schema.plain(value)
 
 
+_REF_KEYWORDS = frozenset({"$ref", "$dynamicRef", "$recursiveRef"})
+_SPECIFICATIONS = {
+    "draft4": "DRAFT4",
+    "draft6": "DRAFT6",
+    "draft7": "DRAFT7",
+    "draft201909": "DRAFT201909",
+    "draft202012": "DRAFT202012",
+}
+
+
 def _walk_refs(node: Any) -> list[str]:
     refs: list[str] = []
     if isinstance(node, Mapping):
         for key, value in node.items():
-            if key == "$ref" and isinstance(value, str):
+            if key in _REF_KEYWORDS and isinstance(value, str):
                 refs.append(value)
             else:
                 refs.extend(_walk_refs(value))
@@ -224,6 +236,40 @@ def _walk_refs(node: Any) -> list[str]:
         for value in node:
             refs.extend(_walk_refs(value))
     return refs
+
+
+def _check_refs(decoded: Any, version: str) -> Any:
+    """An empty `referencing.Registry` (it retrieves nothing, ever) after checking that
+    every reference in `decoded` is local and resolves within it."""
+    referencing = importlib.import_module("referencing")
+    specification = getattr(
+        importlib.import_module("referencing.jsonschema"), _SPECIFICATIONS[version]
+    )
+    registry = referencing.Registry()
+    for ref in _walk_refs(decoded):
+        if not ref.startswith("#"):
+            raise _SchemaError(f"remote references are not supported: '{ref}'")
+    root = specification.create_resource(decoded)
+    resolver = registry.resolver_with_root(root)
+
+    def walk(node: Any, resolver: Any) -> None:
+        if isinstance(node, Mapping):
+            if isinstance(node.get("$id", node.get("id")), str):
+                resolver = resolver.in_subresource(specification.create_resource(node))
+            for key, value in node.items():
+                if key in _REF_KEYWORDS and isinstance(value, str):
+                    try:
+                        resolver.lookup(value)
+                    except Exception:  # Unresolvable, or a malformed pointer
+                        raise _SchemaError(f"unresolvable reference: '{value}'") from None
+                else:
+                    walk(value, resolver)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, resolver)
+
+    walk(decoded, resolver)
+    return registry
 
 
 def _pointer(root: Any, ref: str) -> Any:
@@ -258,15 +304,10 @@ def _compile(decoded: Any, version: str) -> Any:
         raise _SchemaError(
             f"not a valid JSONschema {label} schema: {exc.message}{where}{hint}"
         ) from None
-    for ref in _walk_refs(decoded):
-        if not ref.startswith("#"):
-            raise _SchemaError(f"remote references are not supported: '{ref}'")
-        if ref == "#" or ref.startswith("#/"):
-            try:
-                _pointer(decoded, ref)
-            except KeyError:
-                raise _SchemaError(f"unresolvable reference: '{ref}'") from None
-    validator = cls(decoded, format_checker=_format_checker())
+    # An empty registry: a reference the schema cannot resolve itself fails now, never
+    # by fetching a document (a blocking request, from the event loop) at request time.
+    registry = _check_refs(decoded, version)
+    validator = cls(decoded, format_checker=_format_checker(), registry=registry)
     try:
         validator.is_valid({})  # as Kong: run it once, so a broken schema fails now
     except Exception as exc:

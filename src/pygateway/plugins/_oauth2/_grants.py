@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import uuid
 from typing import TYPE_CHECKING, Any
 
-import anyio.to_thread
-
-from .._auth import find_credential
+from .._auth import credentials_from_header, find_credential, run_kdf
 from ._credential import OAuth2Credential, random_string
 from ._http import (
     b64url,
@@ -45,7 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["access_key", "authorize", "issue_token", "service_key"]
 
 _CODE_TTL = 300  # seconds an authorization code may wait to be exchanged (Kong's)
-_BASIC = re.compile(r"\s*[Bb]asic\s*(.+)")
 _KIND = OAuth2Credential.kind
 
 Params = dict[str, Any]
@@ -75,6 +71,10 @@ def _error(error: str, description: str) -> Params:
 _INVALID_CLIENT = ("invalid_client", "Invalid client authentication")
 _INVALID_CODE = ("invalid_request", "Invalid code")
 _INVALID_PROVISION_KEY = ("invalid_provision_key", "Invalid provision_key")
+_PUBLIC_CLIENT = (
+    "unauthorized_client",
+    "The client_credentials grant is for confidential clients only",
+)
 _MISSING_USERID = ("invalid_authenticated_userid", "Missing authenticated_userid parameter")
 _BAD_REDIRECT = (
     "invalid_request",
@@ -241,8 +241,8 @@ def _client_credentials(conf: OAuth2, ctx: Context, params: Params) -> tuple[Any
         return params["client_id"], params["client_secret"], False
     header = ctx.request.headers.get(conf.auth_header_name)
     if header is not None:
-        match = _BASIC.search(header)
-        decoded = unb64url(match[1].strip()) if match else None
+        encoded = credentials_from_header(header, "basic")
+        decoded = unb64url(encoded) if encoded else None
         if decoded is None:
             return None, None, True
         text = decoded.decode("utf-8", "surrogateescape")
@@ -254,8 +254,8 @@ def _client_credentials(conf: OAuth2, ctx: Context, params: Params) -> tuple[Any
 async def _authenticated(client: OAuth2Credential, secret: Any) -> bool:
     if not isinstance(secret, str):
         return False
-    if client.hash_secret:  # PBKDF2: milliseconds of CPU, off the event loop
-        return await anyio.to_thread.run_sync(client.check_secret, secret)
+    if client.hash_secret:  # PBKDF2: milliseconds of CPU, off the event loop, a few at once
+        return await run_kdf(client.check_secret, secret)
     return client.check_secret(secret)
 
 
@@ -319,6 +319,10 @@ async def _grant(
             return _error(*_INVALID_PROVISION_KEY)
         if client is None:
             return _error(*_INVALID_CLIENT)
+        if client.client_type != "confidential":
+            # RFC 6749 §4.4: the client authenticates, so only a confidential client may
+            # (Kong gives a public client a token for its client_id alone).
+            return _error(*_PUBLIC_CLIENT)
         scope, error = _scope(conf, params)
         if error:
             return error

@@ -1,6 +1,10 @@
 """The HTTP details the oauth2 plugin shares: reading OAuth parameters from the query and
 the body, removing the access token from what goes upstream, building redirect URIs and
 answers, and Kong's test of whether a request came over HTTPS.
+
+Bodies are read before anyone is authenticated, so only bodies that can hold parameters
+(a form, JSON or multipart for the endpoints; a form for an access token, RFC 6750 §2.2)
+and whose Content-Length is at most `CREDENTIAL_BODY_MAX` (64 KiB) are read.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote_plus, urlsplit, urlunsplit
 
 from ..._responses import Response
+from .._auth import credential_body
 
 if TYPE_CHECKING:
     from ..._context import Context
@@ -24,6 +29,7 @@ __all__ = [
     "check_https",
     "encode_args",
     "exit_response",
+    "form_body",
     "parameters",
     "parsed_body",
     "redirect_with",
@@ -33,6 +39,8 @@ __all__ = [
 ]
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_FORM = "application/x-www-form-urlencoded"
+_PARSED = (_FORM, "application/json", "multipart/form-data")
 _NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
 
 
@@ -85,16 +93,32 @@ def parsed_body(body: bytes, content_type: str | None) -> dict[str, Any]:
     return {}
 
 
-async def parameters(ctx: Context) -> dict[str, Any]:
+def _media_type(ctx: Context) -> str:
+    return (ctx.request.headers.get("content-type") or "").lower()
+
+
+async def parameters(ctx: Context, *, form_only: bool = False) -> dict[str, Any]:
     """The OAuth parameters of the request: its query arguments, and for POST, PUT and PATCH
-    its body arguments on top (Kong's `retrieve_parameters`)."""
+    its body arguments on top (Kong's `retrieve_parameters`): from a form, JSON or multipart
+    body, or only a form with `form_only`. A larger body than `CREDENTIAL_BODY_MAX`, or one
+    without a Content-Length, is not read: it gives no parameters."""
     request = ctx.request
     params: dict[str, Any] = dict(request.query_params)
-    if request.method in _BODY_METHODS:
-        body = await request.body()
+    kind = _media_type(ctx)
+    if request.method in _BODY_METHODS and any(
+        media in kind for media in ((_FORM,) if form_only else _PARSED)
+    ):
+        body = await credential_body(request)
         if body:
             params.update(parsed_body(body, request.headers.get("content-type")))
     return params
+
+
+async def form_body(ctx: Context) -> bytes | None:
+    """The body of a form request (not GET) small enough to read, else None."""
+    if ctx.request.method == "GET" or _FORM not in _media_type(ctx):
+        return None
+    return await credential_body(ctx.request)
 
 
 def without_param(encoded: str, name: str) -> str:

@@ -18,11 +18,16 @@ import attrs
 from ..._exceptions import ConfigurationError
 from ..._responses import Response
 from ..._schema import field
-from .._auth import authenticate_anonymous, find_credential, skip_authentication
+from .._auth import (
+    authenticate_anonymous,
+    check_anonymous,
+    find_credential,
+    skip_authentication,
+)
 from .._base import Plugin
 from ._credential import OAuth2Credential, random_string
 from ._grants import access_key, authorize, issue_token, service_key
-from ._http import parameters, without_param, www_authenticate
+from ._http import form_body, parameters, without_param, www_authenticate
 from ._store import token_store
 
 if TYPE_CHECKING:
@@ -85,7 +90,7 @@ class OAuth2(Plugin):
     enable_password_grant: bool = False
     hide_credentials: bool = False
     accept_http_if_already_terminated: bool = False
-    anonymous: str | None = None
+    anonymous: str | None = field(None, check=check_anonymous)
     global_credentials: bool = False
     auth_header_name: str = "authorization"
     refresh_token_ttl: float = field(1_209_600, between=(0, _DAO_MAX_TTL))
@@ -202,15 +207,16 @@ class OAuth2(Plugin):
         with `hide_credentials`."""
         request = ctx.request
         header = request.headers.get(self.auth_header_name)
-        in_header = False
+        in_header = header is not None
         if header is not None:
             parts = header.split()
             if len(parts) == 2 and parts[0].lower() in ("bearer", "token"):
-                token, in_header = parts[1], True
+                token = parts[1]
             else:
                 token = header  # Kong takes a bare header value as the token itself
         else:
-            found = (await parameters(ctx)).get("access_token")
+            # RFC 6750 §2.2: a token in the body comes in a form, nothing else.
+            found = (await parameters(ctx, form_only=True)).get("access_token")
             if not isinstance(found, str):
                 return None
             token = found
@@ -221,9 +227,10 @@ class OAuth2(Plugin):
                     del upstream.headers[self.auth_header_name]
             else:
                 upstream.query_string = without_param(upstream.query_string, "access_token")
-                content_type = (request.headers.get("content-type") or "").lower()
-                if request.method != "GET" and "application/x-www-form-urlencoded" in content_type:
-                    body = upstream.body if upstream.body is not None else await request.body()
+                body = await form_body(ctx)
+                if body is not None:
+                    if upstream.body is not None:  # another plugin's version of the form
+                        body = upstream.body
                     text = body.decode("latin-1")
                     upstream.body = without_param(text, "access_token").encode("latin-1")
         return token

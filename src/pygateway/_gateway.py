@@ -344,7 +344,8 @@ class Gateway:
         if background is not None:
             await background.aclose()
             for pool in self.pools.values():
-                pool.checking = False
+                # Tasks it never got to run gave up their claims.
+                pool.checking = pool.refreshing = False
         plugins, self._started_plugins = self._started_plugins, []
         for plugin in reversed(plugins):
             try:

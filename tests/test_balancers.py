@@ -685,6 +685,7 @@ def test_changing_the_algorithm_builds_a_new_balancer_over_the_same_peers() -> N
     assert isinstance(pool.balancer, LeastConnections)
     assert pool.peers == before
     assert app.pools["backend"] is pool
+    assert pool.select(None) in before  # the new balancer has the peers
 
 
 def test_a_removed_upstream_pool_is_closed() -> None:

@@ -106,6 +106,7 @@ class UpstreamPool:
                 peer.successes = 0
         if any(getattr(old, f) != getattr(upstream, f) for f in _BALANCER_FIELDS):
             self.balancer = ALGORITHMS[upstream.algorithm](upstream)
+            self.balancer.update(self.peers)
         else:
             self.balancer.upstream = upstream
         self._set_targets(upstream.targets)

@@ -9,24 +9,29 @@ from ._acl import Acl
 from ._base import PHASES, Plugin, Scoped
 from ._basic_auth import BasicAuth
 from ._bot_detection import BotDetection
+from ._correlation_id import CorrelationId
 from ._cors import Cors
 from ._hmac_auth import HmacAuth
 from ._ip_restriction import IpRestriction
 from ._jwt import Jwt
 from ._key_auth import KeyAuth
 from ._oauth2 import OAuth2
+from ._proxy_cache import ProxyCache
 from ._rate_limiting import RateLimiting
 from ._redirect import Redirect
 from ._registry import available, get, register
 from ._request_size_limiting import RequestSizeLimiting
 from ._request_termination import RequestTermination
+from ._request_transformer import RequestTransformer
 from ._request_validator import RequestValidator
 from ._response_ratelimiting import ResponseLimits, ResponseRatelimiting
+from ._response_transformer import ResponseTransformer
 
 __all__ = [
     "Acl",
     "BasicAuth",
     "BotDetection",
+    "CorrelationId",
     "Cors",
     "HmacAuth",
     "IpRestriction",
@@ -35,13 +40,16 @@ __all__ = [
     "OAuth2",
     "PHASES",
     "Plugin",
+    "ProxyCache",
     "RateLimiting",
     "Redirect",
     "RequestSizeLimiting",
     "RequestTermination",
+    "RequestTransformer",
     "RequestValidator",
     "ResponseLimits",
     "ResponseRatelimiting",
+    "ResponseTransformer",
     "Scoped",
     "available",
     "get",

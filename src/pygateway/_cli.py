@@ -16,6 +16,7 @@ __all__ = ["main"]
 
 _CONFIG_ENV = "PYGATEWAY_CONFIG"
 _TRUSTED_ENV = "PYGATEWAY_TRUSTED_IPS"
+_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def app_from_env() -> Any:
@@ -75,12 +76,52 @@ Press Ctrl+C to stop.
 """
 
 
-def _serve(app: Any, host: str, port: int, workers: int, log_level: str) -> int:
+def _serve(
+    app: Any,
+    host: str,
+    port: int,
+    workers: int,
+    log_level: str,
+    status: tuple[Any, int] | None = None,
+) -> int:
     try:
         import uvicorn
     except ImportError:
         print("pygateway: serving needs uvicorn: pip install 'pygateway[server]'", file=sys.stderr)
         return 2
+    status_server = _start_status(status[0], status[1], log_level) if status is not None else None
+    try:
+        return _run(uvicorn, app, host, port, workers, log_level)
+    finally:
+        if status_server is not None:
+            status_server.should_exit = True
+
+
+def _start_status(app: Any, port: int, log_level: str) -> Any:
+    """Serve the status app (/metrics) on 127.0.0.1:port from a thread of this process.
+
+    With workers, this is the supervisor: it has no gateway, and serves what the workers
+    wrote to PROMETHEUS_MULTIPROC_DIR. Its event loop is its own; it only reads.
+    """
+    import threading
+
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level=log_level,
+        lifespan="on",
+        access_log=False,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    threading.Thread(target=server.run, name="pygateway-status", daemon=True).start()
+    return server
+
+
+def _run(uvicorn: Any, app: Any, host: str, port: int, workers: int, log_level: str) -> int:
     options: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -127,6 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--workers", type=int, default=1)
     run.add_argument("--trusted-ips", default="", help="comma-separated IPs/CIDRs")
     run.add_argument("--log-level", default="info")
+    run.add_argument(
+        "--status-port",
+        type=int,
+        help="serve /metrics on 127.0.0.1:STATUS_PORT (needs pygateway[prometheus])",
+    )
 
     demo = sub.add_parser("demo", help="serve a demo gateway in front of an echo upstream")
     demo.add_argument("--host", default="127.0.0.1")
@@ -170,6 +216,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.config:
         os.environ[_CONFIG_ENV] = os.path.abspath(args.config)
     os.environ[_TRUSTED_ENV] = args.trusted_ips
+    status_port = args.status_port
+    if status_port is not None:
+        problem = _bind_error("127.0.0.1", status_port)
+        if status_port == port:
+            problem = "the same port as --port"
+        elif problem is None and args.workers > 1 and not os.environ.get(_MULTIPROC_ENV):
+            # Each worker would count apart, and a scrape would see one worker's share.
+            problem = (
+                f"with --workers, set {_MULTIPROC_ENV} to an empty directory "
+                "(prometheus-client's multiprocess mode)"
+            )
+        if problem is not None:
+            print(f"pygateway: --status-port {status_port}: {problem}", file=sys.stderr)
+            return 1
     try:
         app = app_from_env()
     except ConfigurationError as exc:
@@ -177,4 +237,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in str(exc).splitlines():
             print(f"  {line}", file=sys.stderr)
         return 1
-    return _serve(app, host, port, args.workers, args.log_level)
+    status: tuple[Any, int] | None = None
+    if status_port is not None:
+        from . import metrics
+
+        try:
+            # With workers, this process is the supervisor: it has no gateway.
+            status = (metrics.app(app if args.workers <= 1 else None), status_port)
+        except ConfigurationError as exc:
+            print(f"pygateway: --status-port: {exc}", file=sys.stderr)
+            return 2
+    return _serve(app, host, port, args.workers, args.log_level, status)

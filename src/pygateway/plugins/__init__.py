@@ -16,6 +16,8 @@ from ._ip_restriction import IpRestriction
 from ._jwt import Jwt
 from ._key_auth import KeyAuth
 from ._oauth2 import OAuth2
+from ._opentelemetry import Opentelemetry
+from ._prometheus import Prometheus
 from ._proxy_cache import ProxyCache
 from ._rate_limiting import RateLimiting
 from ._redirect import Redirect
@@ -38,8 +40,10 @@ __all__ = [
     "Jwt",
     "KeyAuth",
     "OAuth2",
+    "Opentelemetry",
     "PHASES",
     "Plugin",
+    "Prometheus",
     "ProxyCache",
     "RateLimiting",
     "Redirect",

@@ -11,7 +11,9 @@ from ._basic_auth import BasicAuth
 from ._bot_detection import BotDetection
 from ._correlation_id import CorrelationId
 from ._cors import Cors
+from ._file_log import FileLog
 from ._hmac_auth import HmacAuth
+from ._http_log import HttpLog
 from ._ip_restriction import IpRestriction
 from ._jwt import Jwt
 from ._key_auth import KeyAuth
@@ -28,6 +30,8 @@ from ._request_transformer import RequestTransformer
 from ._request_validator import RequestValidator
 from ._response_ratelimiting import ResponseLimits, ResponseRatelimiting
 from ._response_transformer import ResponseTransformer
+from ._tcp_log import TcpLog
+from ._udp_log import UdpLog
 
 __all__ = [
     "Acl",
@@ -35,7 +39,9 @@ __all__ = [
     "BotDetection",
     "CorrelationId",
     "Cors",
+    "FileLog",
     "HmacAuth",
+    "HttpLog",
     "IpRestriction",
     "Jwt",
     "KeyAuth",
@@ -55,6 +61,8 @@ __all__ = [
     "ResponseRatelimiting",
     "ResponseTransformer",
     "Scoped",
+    "TcpLog",
+    "UdpLog",
     "available",
     "get",
     "register",

@@ -1,0 +1,117 @@
+"""tcp-log: send each request's log entry to a TCP listener (Kong's).
+
+The entry goes as one JSON line (ending in a newline) on a connection kept open for
+`keepalive` milliseconds, optionally over TLS. It is sent from the log queue's sender
+thread (see `_http_log.LogQueue`), never from the event loop; a failed send is retried
+briefly, then the entry is dropped and logged.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .._schema import field
+from ._base import Plugin
+from ._http_log import LogQueue, QueueConfig, enqueue, flush_queues
+from ._log_serializer import check_custom_fields, require, serialize
+from ._registry import register
+
+if TYPE_CHECKING:
+    from .._context import Context
+    from .._gateway import Gateway
+
+__all__ = ["TcpLog"]
+
+_MAX_TIMEOUT = 2**31 - 2
+# One entry at a time, as soon as it comes; a failed one is tried again for a few seconds.
+QUEUE = QueueConfig(max_batch_size=1, max_coalescing_delay=0, max_retry_time=5)
+
+
+def check_host(value: str) -> str | None:
+    if not value.strip() or any(c in value for c in "/ ?#@"):
+        return "invalid value: " + value
+    return None
+
+
+@attrs.frozen(kw_only=True)
+class TcpLog(Plugin):
+    """Send each entry as a JSON line to `host`:`port` over TCP (TLS with `tls`).
+
+    `timeout` (connect and send) and `keepalive` (how long an idle connection is kept)
+    are in milliseconds. With `tls`, the server's certificate is verified against
+    `tls_sni` (else `host`), which is also the name sent in the handshake.
+    """
+
+    name = "tcp-log"
+    priority = 7
+
+    host: str = field(check=check_host)
+    port: int = field(between=(0, 65535))
+    timeout: int = field(10_000, between=(0, _MAX_TIMEOUT))
+    keepalive: int = field(60_000, between=(0, _MAX_TIMEOUT))
+    tls: bool = False
+    tls_sni: str | None = None
+    custom_fields_by_lua: Mapping[str, str] | None = field(None, check=check_custom_fields)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any] | None) -> Plugin:
+        require(config, "host", "port")
+        return super().from_config(config)
+
+    async def startup(self, gateway: Gateway) -> None:
+        return None  # implemented so that the gateway calls `shutdown`
+
+    async def shutdown(self, gateway: Gateway) -> None:
+        await flush_queues(gateway, self.name)
+
+    async def log(self, ctx: Context) -> None:
+        enqueue(ctx, (self.name, self), self._make_queue, serialize(ctx))
+
+    def _make_queue(self) -> LogQueue:
+        return LogQueue(f"tcp-log {self.host}:{self.port}", _TcpSender(self), QUEUE)
+
+
+class _TcpSender:
+    def __init__(self, plugin: TcpLog) -> None:
+        self.plugin = plugin
+        self._sock: socket.socket | None = None
+        self._last_used = 0.0
+
+    def _connect(self) -> socket.socket:
+        plugin = self.plugin
+        sock = socket.create_connection((plugin.host, plugin.port), plugin.timeout / 1000)
+        if plugin.tls:
+            context = ssl.create_default_context()
+            try:
+                sock = context.wrap_socket(sock, server_hostname=plugin.tls_sni or plugin.host)
+            except BaseException:
+                sock.close()
+                raise
+        return sock
+
+    def __call__(self, batch: Sequence[bytes]) -> None:
+        now = time.monotonic()
+        if self._sock is not None and now - self._last_used > self.plugin.keepalive / 1000:
+            self.close()
+        if self._sock is None:
+            self._sock = self._connect()
+        try:
+            self._sock.sendall(b"".join(entry + b"\n" for entry in batch))
+        except OSError:
+            self.close()
+            raise
+        self._last_used = now
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+
+register(TcpLog)

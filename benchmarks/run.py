@@ -60,6 +60,8 @@ PYGW = {
     "pygw-uvicorn-key-auth": ("uvicorn", "key_auth", True),
     "pygw-uvicorn-ratelimit": ("uvicorn", "rate_limiting", True),
     "pygw-uvicorn-ratelimit-redis": ("uvicorn", "rate_limiting_redis", True),
+    "pygw-uvicorn-observed": ("uvicorn", "observed", True),
+    "pygw-uvicorn-cache-hit": ("uvicorn", "cache_hit", True),
     "pygw-granian": ("granian", "passthrough", True),
 }
 QUICK = ["--rounds", "1", "--duration", "5", "--warmup", "2", "--c1-duration", "2"]
@@ -78,6 +80,8 @@ REFERENCES = {
     "pygw-uvicorn-key-auth": ["pygw-uvicorn"],
     "pygw-uvicorn-ratelimit": ["pygw-uvicorn"],
     "pygw-uvicorn-ratelimit-redis": ["pygw-uvicorn"],
+    "pygw-uvicorn-observed": ["pygw-uvicorn"],
+    "pygw-uvicorn-cache-hit": ["pygw-uvicorn", "uvicorn-hello"],
     "pygw-granian": ["granian-hello", "granian-httpx"],
 }
 
@@ -132,8 +136,16 @@ def setup() -> None:
     """The harness's setup.sh (apt + venv), then this checkout into the harness venv."""
     subprocess.run([str(BENCH_DIR / "setup.sh")], check=True, env=child_env())
     subprocess.run(
-        # The redis extra: the rate-limiting config with the redis policy needs coredis.
-        [str(BENCH_VENV / "bin" / "python"), "-m", "pip", "install", "-q", "-e", f"{ROOT}[redis]"],
+        # Extras the configs need: coredis (redis rate limiting), prometheus-client.
+        [
+            str(BENCH_VENV / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "-e",
+            f"{ROOT}[redis,prometheus]",
+        ],
         check=True,
     )
 

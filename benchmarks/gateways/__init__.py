@@ -9,6 +9,7 @@ upstream (`UPSTREAM_URL`, set by the harness) and one Route on `/`:
   passive health checks on (balancing and health accounting cost);
 - `key_auth`, `rate_limiting`, `rate_limiting_redis`: behind one bundled plugin each, to
   price it against `passthrough`;
+- `observed` (prometheus + http-log) and `cache_hit` (proxy-cache hits), for issue 5's costs;
 - `terminate`: request-termination answers 200 with the upstream's 100-byte body itself
   (no upstream hop: gateway overhead alone, comparable to the harness's `*-hello` apps).
 

@@ -11,19 +11,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from .._schema import field
-from ._base import Plugin
-from ._http_log import LogQueue, QueueConfig, enqueue, flush_queues
-from ._log_serializer import check_custom_fields, require, serialize
+from ._http_log import LogQueue, QueueConfig, QueuedLogger
+from ._log_serializer import check_custom_fields
 from ._registry import register
-
-if TYPE_CHECKING:
-    from .._context import Context
-    from .._gateway import Gateway
 
 __all__ = ["FileLog"]
 
@@ -40,29 +34,16 @@ def _check_path(value: str) -> str | None:
 
 
 @attrs.frozen(kw_only=True)
-class FileLog(Plugin):
+class FileLog(QueuedLogger):
     """Append one JSON line per request to the file at `path`."""
 
     name = "file-log"
     priority = 9
+    required = ("path",)
 
     path: str = field(check=_check_path)
     reopen: bool = False
     custom_fields_by_lua: Mapping[str, str] | None = field(None, check=check_custom_fields)
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any] | None) -> Plugin:
-        require(config, "path")
-        return super().from_config(config)
-
-    async def startup(self, gateway: Gateway) -> None:
-        return None  # implemented so that the gateway calls `shutdown`
-
-    async def shutdown(self, gateway: Gateway) -> None:
-        await flush_queues(gateway, self.name)
-
-    async def log(self, ctx: Context) -> None:
-        enqueue(ctx, (self.name, self), self._make_queue, serialize(ctx))
 
     def _make_queue(self) -> LogQueue:
         return LogQueue(f"file-log {self.path}", _FileWriter(self.path, self.reopen), _QUEUE)

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import anyio.to_thread
@@ -249,6 +249,33 @@ async def flush_queues(gateway: Gateway, plugin_name: str) -> None:
             logger.warning("log queue %s: %d entries not sent at shutdown", queue.name, len(queue))
 
 
+class QueuedLogger(Plugin):
+    """Base of the loggers: the log phase serializes the entry and hands it to a queue per
+    configuration (`_make_queue`), which a sender thread drains; shutdown flushes them.
+
+    `required`: config fields Kong reports as missing by name in declarative config.
+    """
+
+    required: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any] | None) -> Plugin:
+        require(config, *cls.required)
+        return super().from_config(config)
+
+    async def startup(self, gateway: Gateway) -> None:
+        return None  # implemented so that the gateway calls `shutdown`
+
+    async def shutdown(self, gateway: Gateway) -> None:
+        await flush_queues(gateway, self.name)
+
+    async def log(self, ctx: Context) -> None:
+        enqueue(ctx, (self.name, self), self._make_queue, serialize(ctx))
+
+    def _make_queue(self) -> LogQueue:
+        raise NotImplementedError
+
+
 def _check_endpoint(value: str) -> str | None:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -272,7 +299,7 @@ def _check_headers(value: Any) -> str | None:
 
 
 @attrs.frozen(kw_only=True)
-class HttpLog(Plugin):
+class HttpLog(QueuedLogger):
     """POST each request's log entry (JSON) to `http_endpoint`, batched per `queue`.
 
     With `queue.max_batch_size` above 1, a request body is a JSON array of entries;
@@ -282,6 +309,7 @@ class HttpLog(Plugin):
 
     name = "http-log"
     priority = 12
+    required = ("http_endpoint",)
 
     http_endpoint: str = field(check=_check_endpoint)
     method: Literal["POST", "PUT", "PATCH"] = "POST"
@@ -319,20 +347,6 @@ class HttpLog(Plugin):
                 "specifying both an 'Authorization' header and user info in "
                 "'http_endpoint' is not allowed"
             )
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any] | None) -> Plugin:
-        require(config, "http_endpoint")
-        return super().from_config(config)
-
-    async def startup(self, gateway: Gateway) -> None:
-        return None  # implemented so that the gateway calls `shutdown`
-
-    async def shutdown(self, gateway: Gateway) -> None:
-        await flush_queues(gateway, self.name)
-
-    async def log(self, ctx: Context) -> None:
-        enqueue(ctx, (self.name, self), self._make_queue, serialize(ctx))
 
     def _make_queue(self) -> LogQueue:
         parts = urlsplit(self.http_endpoint)

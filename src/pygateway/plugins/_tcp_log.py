@@ -12,19 +12,13 @@ import socket
 import ssl
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from .._schema import field
-from ._base import Plugin
-from ._http_log import LogQueue, QueueConfig, enqueue, flush_queues
-from ._log_serializer import check_custom_fields, require, serialize
+from ._http_log import LogQueue, QueueConfig, QueuedLogger
+from ._log_serializer import check_custom_fields
 from ._registry import register
-
-if TYPE_CHECKING:
-    from .._context import Context
-    from .._gateway import Gateway
 
 __all__ = ["TcpLog"]
 
@@ -40,7 +34,7 @@ def check_host(value: str) -> str | None:
 
 
 @attrs.frozen(kw_only=True)
-class TcpLog(Plugin):
+class TcpLog(QueuedLogger):
     """Send each entry as a JSON line to `host`:`port` over TCP (TLS with `tls`).
 
     `timeout` (connect and send) and `keepalive` (how long an idle connection is kept)
@@ -50,6 +44,7 @@ class TcpLog(Plugin):
 
     name = "tcp-log"
     priority = 7
+    required = ("host", "port")
 
     host: str = field(check=check_host)
     port: int = field(between=(0, 65535))
@@ -58,20 +53,6 @@ class TcpLog(Plugin):
     tls: bool = False
     tls_sni: str | None = None
     custom_fields_by_lua: Mapping[str, str] | None = field(None, check=check_custom_fields)
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any] | None) -> Plugin:
-        require(config, "host", "port")
-        return super().from_config(config)
-
-    async def startup(self, gateway: Gateway) -> None:
-        return None  # implemented so that the gateway calls `shutdown`
-
-    async def shutdown(self, gateway: Gateway) -> None:
-        await flush_queues(gateway, self.name)
-
-    async def log(self, ctx: Context) -> None:
-        enqueue(ctx, (self.name, self), self._make_queue, serialize(ctx))
 
     def _make_queue(self) -> LogQueue:
         return LogQueue(f"tcp-log {self.host}:{self.port}", _TcpSender(self), QUEUE)

@@ -31,9 +31,12 @@ def gateway_with(plugin: FileLog) -> gw.Gateway:
 
 
 def lines(path: Path) -> list[dict[str, Any]]:
+    """The complete lines written so far (like `tail -f`, a line still being written,
+    without its newline yet, is not read)."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    complete = path.read_text().rpartition("\n")[0]
+    return [json.loads(line) for line in complete.splitlines()]
 
 
 async def test_each_request_appends_one_json_line(tmp_path: Path) -> None:

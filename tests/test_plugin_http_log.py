@@ -17,7 +17,8 @@ from upstreams import refused_port, wait_until
 import pygateway as gw
 from pygateway._config import dump, load
 from pygateway._exceptions import ConfigurationError
-from pygateway.plugins._http_log import HttpLog, LogQueue
+from pygateway.plugins._http_log import HttpLog
+from pygateway.plugins._queue import LogQueue
 from pygateway.testing import client, echo_engine
 
 

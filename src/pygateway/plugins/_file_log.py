@@ -1,6 +1,6 @@
 """file-log: append each request's log entry, as one JSON line, to a file (Kong's).
 
-Lines are written by the log queue's sender thread (see `_http_log.LogQueue`), never by
+Lines are written by the log queue's sender thread (see `_queue.LogQueue`), never by
 the event loop: a slow disk does not hold requests up. The file is opened in append mode
 (created with mode 0644) and kept open; with `reopen`, it is opened and closed for every
 line, so that a log rotation that moves the file is followed at once.
@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 import attrs
 
 from .._schema import field
-from ._http_log import LogQueue, QueueConfig, QueuedLogger
 from ._log_serializer import check_custom_fields
+from ._queue import LogQueue, QueueConfig, QueuedLogger
 from ._registry import register
 
 __all__ = ["FileLog"]

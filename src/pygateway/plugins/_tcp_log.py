@@ -2,7 +2,7 @@
 
 The entry goes as one JSON line (ending in a newline) on a connection kept open for
 `keepalive` milliseconds, optionally over TLS. It is sent from the log queue's sender
-thread (see `_http_log.LogQueue`), never from the event loop; a failed send is retried
+thread (see `_queue.LogQueue`), never from the event loop; a failed send is retried
 briefly, then the entry is dropped and logged.
 """
 
@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 import attrs
 
 from .._schema import field
-from ._http_log import LogQueue, QueueConfig, QueuedLogger
 from ._log_serializer import check_custom_fields
+from ._queue import LogQueue, QueueConfig, QueuedLogger
 from ._registry import register
 
 __all__ = ["TcpLog"]

@@ -1,6 +1,6 @@
 """udp-log: send each request's log entry to a UDP listener, as one datagram (Kong's).
 
-Sent from the log queue's sender thread (see `_http_log.LogQueue`), never from the event
+Sent from the log queue's sender thread (see `_queue.LogQueue`), never from the event
 loop. UDP does not say whether a datagram arrived: a lost one is lost.
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 import attrs
 
 from .._schema import field
-from ._http_log import LogQueue, QueuedLogger
 from ._log_serializer import check_custom_fields
+from ._queue import LogQueue, QueuedLogger
 from ._registry import register
 from ._tcp_log import QUEUE, check_host
 

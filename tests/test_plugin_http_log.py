@@ -6,8 +6,11 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -256,7 +259,17 @@ async def test_queued_entries_are_flushed_when_the_gateway_stops(collector: Coll
         assert collector.posts == []
     assert len(collector.posts) == 1
     assert len(collector.entries) == 3
-    assert ("http-log", plugin) not in gateway.shared
+    assert queue_of(gateway, plugin).closing
+
+
+async def test_a_restarted_gateway_logs_through_a_new_queue(collector: Collector) -> None:
+    plugin = HttpLog(http_endpoint=collector.url)
+    gateway = gateway_with(plugin)
+    async with gateway, client(gateway) as http:
+        await http.get("/first")
+    async with gateway, client(gateway) as http:
+        await http.get("/second")
+    assert [e["request"]["uri"] for e in collector.entries] == ["/first", "/second"]
 
 
 async def test_deprecated_queue_size_and_flush_timeout_stand_in_for_the_queue_fields() -> None:
@@ -342,3 +355,44 @@ def test_invalid_config_is_refused_with_the_field_path(
 def test_userinfo_and_an_authorization_header_are_not_both_allowed() -> None:
     with pytest.raises(ConfigurationError, match="both an 'Authorization' header"):
         HttpLog(http_endpoint="http://u:p@c.test/", headers={"Authorization": "x"})
+
+
+_NEVER_CLOSED = """
+import sys
+
+import anyio
+
+import pygateway as gw
+from pygateway.testing import client, echo_engine
+
+plugin = gw.plugins.HttpLog(
+    http_endpoint=sys.argv[1], queue={"max_batch_size": 100, "max_coalescing_delay": 3600}
+)
+gateway = gw.Gateway(
+    services=[gw.Service(name="s", url="http://echo.internal", routes=[gw.Route(paths=["/"])])],
+    plugins=[plugin],
+    engines={"echo.internal": echo_engine()},
+)
+
+
+async def main() -> None:
+    async with client(gateway) as http:  # started by its first request, never closed
+        for i in range(3):
+            assert (await http.get(f"/{i}")).status_code == 200
+
+
+anyio.run(main)
+"""
+
+
+def test_entries_of_a_gateway_never_closed_are_sent_when_the_interpreter_exits(
+    collector: Collector, tmp_path: Path
+) -> None:
+    script = tmp_path / "never_closed.py"
+    script.write_text(_NEVER_CLOSED)
+    done = subprocess.run(
+        [sys.executable, str(script), collector.url], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert [e["request"]["uri"] for e in collector.entries] == ["/0", "/1", "/2"]
+    assert len(collector.posts) == 1  # one batch, sent at exit

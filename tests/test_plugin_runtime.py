@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import attrs
 import pytest
 
@@ -1141,6 +1143,23 @@ class Lifecycle(gw.Plugin):
         self.events.append(("shutdown", gateway))
 
 
+@attrs.frozen
+class Labelled(gw.Plugin):
+    """Records its startup and shutdown by label; one global instance per label."""
+
+    name = "runtime-labelled-lifecycle"
+
+    events: Any = attrs.field(eq=False)
+    label: str
+
+    async def startup(self, gateway: gw.Gateway) -> None:
+        await anyio.lowlevel.checkpoint()
+        self.events.append(("startup", self.label))
+
+    async def shutdown(self, gateway: gw.Gateway) -> None:
+        self.events.append(("shutdown", self.label))
+
+
 async def test_startup_and_shutdown_run_once_per_start_and_stop() -> None:
     events: list[Any] = []
     gateway = gw.Gateway(services=[service()], plugins=[Lifecycle(events)], engine=upstream())
@@ -1177,6 +1196,103 @@ async def test_startup_runs_lazily_once_on_the_first_requests() -> None:
     await gateway.aclose()
     await gateway.aclose()
     assert events == [("startup", gateway), ("shutdown", gateway)]
+
+
+async def test_a_plugin_added_by_a_configuration_change_starts_before_the_next_request() -> None:
+    events: list[Any] = []
+    first = Labelled(events, "first")
+    second = gw.Scoped(Labelled(events, "second"), route="r")
+    gateway = gw.Gateway(services=[service()], plugins=[first], engine=upstream())
+    async with gateway, client(gateway) as c:
+        assert (await c.get("/r")).status_code == 200
+        gateway.configure(attrs.evolve(gateway.config, plugins=(first, second)))
+        assert events == [("startup", "first")]  # nothing runs inside configure
+        assert (await c.get("/r")).status_code == 200
+        assert events == [("startup", "first"), ("startup", "second")]
+        gateway.configure(attrs.evolve(gateway.config, plugins=(second,)))
+        assert (await c.get("/r")).status_code == 200
+        assert events[-1] == ("shutdown", "first")
+    assert events == [
+        ("startup", "first"),
+        ("startup", "second"),
+        ("shutdown", "first"),
+        ("shutdown", "second"),
+    ]
+
+
+async def test_a_plugin_kept_by_a_configuration_change_is_not_restarted() -> None:
+    events: list[Any] = []
+    kept = Lifecycle(events)
+    gateway = gw.Gateway(services=[service()], plugins=[kept], engine=upstream())
+    async with gateway, client(gateway) as c:
+        for path in ("/r", "/s"):
+            config = gateway.config
+            gateway.configure(
+                attrs.evolve(
+                    config,
+                    services=(
+                        gw.Service(
+                            name="s",
+                            url="http://up.test",
+                            routes=[gw.Route(name="r", paths=["/r", path])],
+                        ),
+                    ),
+                )
+            )
+            assert (await c.get(path)).status_code == 200
+    assert [e for e, _ in events] == ["startup", "shutdown"]
+
+
+async def test_gateway_spawn_runs_a_task_until_the_gateway_closes() -> None:
+    gateway = gw.Gateway(services=[service()], engine=upstream())
+    ran = anyio.Event()
+    cancelled: list[bool] = []
+
+    async def forever() -> None:
+        ran.set()
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            cancelled.append(True)
+            raise
+
+    assert gateway.spawn(forever) is False  # not started: nothing to run it in
+    async with gateway:
+        assert gateway.spawn(forever, same_loop=True) is True
+        await ran.wait()
+    assert cancelled == [True]
+
+
+async def test_a_lazily_started_gateway_spawns_only_tasks_that_may_run_in_a_thread() -> None:
+    gateway = gw.Gateway(services=[service()], engine=upstream())
+    async with client(gateway) as c:
+        assert (await c.get("/r")).status_code == 200
+    done = threading.Event()
+
+    async def task() -> None:
+        done.set()
+
+    try:
+        assert gateway.spawn(task, same_loop=True) is False
+        assert gateway.spawn(task) is True
+        assert await anyio.to_thread.run_sync(done.wait, 10)
+    finally:
+        await gateway.aclose()
+
+
+async def test_closing_the_gateway_closes_what_plugins_keep_in_shared() -> None:
+    closed: list[str] = []
+
+    class Resource:
+        async def aclose(self) -> None:
+            closed.append("closed")
+
+    gateway = gw.Gateway(services=[service()], engine=upstream())
+    async with gateway:
+        gateway.shared["a resource"] = Resource()
+        gateway.shared["plain state"] = {"count": 1}
+    assert closed == ["closed"]
+    assert gateway.shared["plain state"] == {"count": 1}  # kept for a restart
 
 
 async def test_a_plugin_scoped_to_https_does_not_run_on_plain_http_requests() -> None:

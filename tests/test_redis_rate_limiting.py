@@ -96,7 +96,7 @@ async def test_a_gateway_started_by_its_owner_counts_exactly_in_redis(redis_pref
     async with gateway:
         results = await fire(gateway, 500)
         store = counter_store(gateway, REDIS)
-        assert type(store._host).__name__ == "_TaskHost"  # type: ignore[attr-defined]
+        assert type(store.connection._host).__name__ == "_TaskHost"  # type: ignore[attr-defined]
     assert (results.count(200), results.count(429)) == (100, 400)
     assert len(engine.requests) == 100
     keys = redis_keys(redis_prefix)
@@ -108,7 +108,7 @@ async def test_a_gateway_started_by_its_owner_counts_exactly_in_redis(redis_pref
     ttl = redis_command("PTTL", key)
     assert isinstance(ttl, int)
     assert 30_000 < ttl <= 41_000
-    assert store._host is None  # type: ignore[attr-defined]  # closed with the gateway
+    assert store.connection._host is None  # type: ignore[attr-defined]  # closed with the gateway
 
 
 async def test_a_gateway_started_by_a_request_counts_exactly_in_redis(redis_prefix: str) -> None:
@@ -117,9 +117,9 @@ async def test_a_gateway_started_by_a_request_counts_exactly_in_redis(redis_pref
     gateway = limited_gateway(redis_prefix, plugin, engine)
     results = await fire(gateway, 300)  # no `async with`: the first request starts it
     store = counter_store(gateway, REDIS)
-    assert type(store._host).__name__ == "_ThreadHost"  # type: ignore[attr-defined]
+    assert type(store.connection._host).__name__ == "_ThreadHost"  # type: ignore[attr-defined]
     await gateway.aclose()
-    assert store._host is None  # type: ignore[attr-defined]
+    assert store.connection._host is None  # type: ignore[attr-defined]
     assert (results.count(200), results.count(429)) == (100, 200)
     assert len(engine.requests) == 100
     assert sorted(redis_keys(redis_prefix).values()) == [100, 100]

@@ -167,11 +167,16 @@ class Gateway:
         #: One pool per Upstream name, for the gateway's life (see `configure`).
         self.pools: dict[str, UpstreamPool] = {}
         #: State plugins keep across requests and configurations (local rate-limit
-        #: counters, OAuth2 tokens), by a key of the plugin's choosing, e.g.
-        #: `("rate-limiting", ...)`. Per process; shared stores come with the cluster mode.
+        #: counters, OAuth2 tokens, log queues, store connections), by a key of the
+        #: plugin's choosing, e.g. `("rate-limiting", ...)`. Per process. Values with an
+        #: `async aclose()` method are closed when the gateway closes, and kept: they must
+        #: reopen on their next use (after a restart), or be replaced by their owner.
         self.shared: dict[Any, Any] = {}
         self._background: _Background | None = None
         self._started = False
+        #: Started, and the plugins of the configuration in force are started too: the
+        #: one flag a request checks.
+        self._ready = False
         self._starting: anyio.Lock | None = None
         self._started_plugins: list[Plugin] = []
         self.snapshot = self._go_live(Snapshot(config))
@@ -189,9 +194,14 @@ class Gateway:
         Upstreams keep their state across the swap: targets that stay keep their health and
         in-flight counts, removed ones finish the requests they have, added ones join.
 
+        Plugins new to the configuration are started (`startup`), and those no longer in
+        it shut down, before the next request is served (requests still running on the old
+        configuration may call them meanwhile).
+
         Raises ConfigurationError (and changes nothing) if the new configuration is invalid.
         """
         self.snapshot = self._go_live(Snapshot(config))
+        self._ready = False
 
     def _go_live(self, snapshot: Snapshot) -> Snapshot:
         """Give a validated snapshot the gateway's upstream pools, updated to it."""
@@ -274,15 +284,78 @@ class Gateway:
         async with self._starting:
             if self._started:
                 return
-            for plugin in self.snapshot.plugins:
-                if type(plugin).implements("startup"):
-                    await plugin.startup(self)
-                    self._started_plugins.append(plugin)
+            await self._sync_plugins()
             await self._resolve_targets()
             if not lazily:
                 self._background = await _TaskGroupBackground.open()
-            self._started = True
+            self._started = self._ready = True
             self._start_checks()
+
+    async def _ready_up(self) -> None:
+        """Make the gateway ready for a request: started, and its plugins in sync with the
+        configuration in force."""
+        lock = self._starting
+        if self._started and lock is not None:
+            async with lock:
+                if self._started:
+                    if not self._ready:
+                        self._ready = True  # first: a swap meanwhile clears it again
+                        await self._sync_plugins()
+                    return
+        await self._start(lazily=True)  # not started, or closed while we waited
+
+    async def _sync_plugins(self) -> None:
+        """Start the plugins of the configuration in force not started yet; shut down the
+        started ones it no longer has."""
+        wanted = [
+            p
+            for p in self.snapshot.plugins
+            if type(p).implements("startup") or type(p).implements("shutdown")
+        ]
+        keep = set(wanted)
+        gone = [p for p in self._started_plugins if p not in keep]
+        if gone:
+            self._started_plugins = [p for p in self._started_plugins if p in keep]
+            await self._shutdown_plugins(gone)
+        started = set(self._started_plugins)
+        for plugin in wanted:
+            if plugin not in started:
+                if type(plugin).implements("startup"):
+                    await plugin.startup(self)
+                self._started_plugins.append(plugin)
+                started.add(plugin)
+
+    async def _shutdown_plugins(self, plugins: list[Plugin]) -> None:
+        for plugin in reversed(plugins):
+            try:
+                await plugin.shutdown(self)
+            except Exception:
+                logger.exception("plugin %r failed in shutdown", plugin.name)
+
+    def spawn(self, fn: Callable[[], Awaitable[None]], *, same_loop: bool = False) -> bool:
+        """Run `fn()` in the background until it returns or the gateway closes (which
+        cancels it). Its failures are logged, never raised. True when it was spawned.
+
+        Tasks run in the task group of the task that started the gateway (`async with
+        gateway:` or the ASGI lifespan), on the requests' event loop. A gateway started
+        by its first request has no such task: its tasks run on an event loop in a thread
+        of the gateway's own, unless `same_loop` is true (the task must share the
+        requests' event loop, e.g. to own a connection they use): then nothing is spawned
+        and False is returned. Nothing is spawned either (False) before the gateway
+        started or once it is closing.
+        """
+        if not self._started:
+            return False
+        background = self._background
+        if same_loop and not isinstance(background, _TaskGroupBackground):
+            return False
+        if background is None:
+            background = self._background = _ThreadBackground.open()
+        try:
+            background.spawn(fn)
+        except RuntimeError:  # the task group or the thread's loop is closing
+            return False
+        return True
 
     async def refresh_names(self, pool: UpstreamPool) -> None:
         """Re-resolve a pool's names that are due, from a request.
@@ -295,10 +368,10 @@ class Gateway:
             return
         if not pool.peers:
             await pool.refresh()
-        elif isinstance(self._background, _TaskGroupBackground):
-            pool.refreshing = True  # claimed now: the task starts later
-            self._background.spawn(functools.partial(_refresh_claimed, pool))
-        else:
+            return
+        pool.refreshing = True  # claimed now: the task starts later
+        if not self.spawn(functools.partial(_refresh_claimed, pool), same_loop=True):
+            pool.refreshing = False
             with anyio.move_on_after(STALE_REFRESH_WAIT):
                 await pool.refresh()
 
@@ -313,16 +386,10 @@ class Gateway:
         """Run active checks for the pools that want them and have none running."""
         if not self._started:
             return
-        pools = [p for p in self.pools.values() if p.wants_checks and not p.checking]
-        if not pools:
-            return
-        if self._background is None:
-            # Started by a request, the gateway has no task of its own to hold a task
-            # group: its checks get an event loop in a thread.
-            self._background = _ThreadBackground.open()
-        for pool in pools:
-            pool.checking = True  # before the task runs: not started twice
-            self._background.spawn(pool.run_checks)
+        for pool in self.pools.values():
+            if pool.wants_checks and not pool.checking:
+                # Claimed before the task runs: not started twice.
+                pool.checking = self.spawn(pool.run_checks)
 
     async def aclose(self) -> None:
         """Stop health checks and plugins, and close upstream connections.
@@ -339,7 +406,7 @@ class Gateway:
     async def _close(self) -> None:
         # Not started from now on: a request arriving meanwhile goes to `_start`, which
         # waits for the lock this close holds.
-        self._started = False
+        self._started = self._ready = False
         background, self._background = self._background, None
         if background is not None:
             await background.aclose()
@@ -347,11 +414,13 @@ class Gateway:
                 # Tasks it never got to run gave up their claims.
                 pool.checking = pool.refreshing = False
         plugins, self._started_plugins = self._started_plugins, []
-        for plugin in reversed(plugins):
-            try:
-                await plugin.shutdown(self)
-            except Exception:
-                logger.exception("plugin %r failed in shutdown", plugin.name)
+        await self._shutdown_plugins(plugins)
+        for value in list(self.shared.values()):
+            if callable(getattr(value, "aclose", None)):
+                try:
+                    await value.aclose()
+                except Exception:
+                    logger.exception("closing %r failed", value)
         for engine in {id(e): e for e in (self.engine, *self.engines.values())}.values():
             await engine.aclose()
 
@@ -367,8 +436,8 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            if not self._started:
-                await self._start(lazily=True)
+            if not self._ready:
+                await self._ready_up()
             await handle_http(self, self.snapshot, scope, receive, send)
         elif kind == "lifespan":
             await _lifespan(self, receive, send)
@@ -441,8 +510,8 @@ class GatewayMiddleware:
         kind = scope["type"]
         if kind == "http":
             gateway = self.gateway
-            if not gateway._started:
-                await gateway._start(lazily=True)
+            if not gateway._ready:
+                await gateway._ready_up()
             await handle_http(gateway, gateway.snapshot, scope, receive, send, fallback=self.app)
         elif kind == "lifespan":
             await self._lifespan(scope, receive, send)

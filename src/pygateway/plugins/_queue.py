@@ -9,8 +9,8 @@ serves the requests. A full queue drops the entry (counted, and logged at most o
 minute); it never waits. Batches that fail are retried with exponential back-off for
 `max_retry_time` seconds, then dropped.
 
-A queue is flushed when its plugin shuts down (the gateway closes, or a configuration
-without the plugin goes live) and, for a gateway never closed, when the interpreter exits.
+A queue is flushed when the gateway closes (it is one of `gateway.shared`'s closable
+values) and, for a gateway never closed, when the interpreter exits.
 """
 
 from __future__ import annotations
@@ -227,6 +227,11 @@ class LogQueue:
                 self._cond.wait(left)
             return not self._entries
 
+    async def aclose(self) -> None:
+        """Flush (in a worker thread); the gateway calls it when it closes."""
+        if not await anyio.to_thread.run_sync(self.flush, abandon_on_cancel=True):
+            logger.warning("log queue %s: %d entries not sent at shutdown", self.name, len(self))
+
 
 #: Queues that may hold entries, flushed at interpreter exit (for a gateway never closed).
 _live: weakref.WeakSet[LogQueue] = weakref.WeakSet()
@@ -245,7 +250,7 @@ def _flush_at_exit() -> None:
 class QueuedLogger(Plugin):
     """Base of the loggers: the log phase serializes the entry and puts it, as JSON, on
     the gateway's queue for this configuration (made by `_make_queue`), which a sender
-    thread drains; shutdown flushes it.
+    thread drains; the gateway flushes it when it closes.
 
     `required`: config fields Kong reports as missing by name in declarative config.
     """
@@ -256,16 +261,6 @@ class QueuedLogger(Plugin):
     def from_config(cls, config: dict[str, Any] | None) -> Plugin:
         require(config, *cls.required)
         return super().from_config(config)
-
-    async def startup(self, gateway: Gateway) -> None:
-        return None  # implemented so that the gateway calls `shutdown`
-
-    async def shutdown(self, gateway: Gateway) -> None:
-        queue = gateway.shared.pop((self.name, self), None)
-        if isinstance(queue, LogQueue) and not await anyio.to_thread.run_sync(
-            queue.flush, abandon_on_cancel=True
-        ):
-            logger.warning("log queue %s: %d entries not sent at shutdown", queue.name, len(queue))
 
     async def log(self, ctx: Context) -> None:
         self.queue_for(ctx.gateway).put(self.entry(ctx))

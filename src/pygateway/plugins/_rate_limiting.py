@@ -38,7 +38,6 @@ from ..stores import (
     CounterStore,
     RedisConfig,
     StoreError,
-    close_counter_stores,
     counter_store,
 )
 from ._base import Plugin, Scoped
@@ -388,12 +387,6 @@ class RateLimiting(Plugin):
     def store(self, gateway: Gateway) -> CounterStore:
         """The store this configuration counts in (per gateway, per Redis)."""
         return counter_store(gateway, self.redis if self.policy == "redis" else None)
-
-    async def startup(self, gateway: Gateway) -> None:
-        return None  # connections open on first use; this makes `shutdown` run
-
-    async def shutdown(self, gateway: Gateway) -> None:
-        await close_counter_stores(gateway)
 
     async def access(self, ctx: Context) -> Response | None:
         store = self.store(ctx.gateway)

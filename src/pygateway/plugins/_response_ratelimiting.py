@@ -32,7 +32,6 @@ from ..stores import (
     CounterStore,
     RedisConfig,
     StoreError,
-    close_counter_stores,
     counter_store,
 )
 from ._base import Plugin
@@ -154,12 +153,6 @@ class ResponseRatelimiting(Plugin):
                 key = counter_key(self.name, scope, limit_name, period, start, who)
                 out.append((limit_name, period, limit, Counter(key, limit, end)))
         return out
-
-    async def startup(self, gateway: Gateway) -> None:
-        return None  # connections open on first use; this makes `shutdown` run
-
-    async def shutdown(self, gateway: Gateway) -> None:
-        await close_counter_stores(gateway)
 
     async def access(self, ctx: Context) -> Response | None:
         store = self.store(ctx.gateway)

@@ -32,7 +32,7 @@ from ._base import Clock, Counter, CounterStore, Hit, StoreError
 if TYPE_CHECKING:
     from .._gateway import Gateway
 
-__all__ = ["RedisConfig", "RedisCounterStore"]
+__all__ = ["RedisClient", "RedisConfig", "RedisConnection", "RedisCounterStore"]
 
 _MAX_TIMEOUT = 2**31 - 2
 
@@ -124,16 +124,12 @@ class RedisCounterStore(CounterStore):
         max_connections: int = 64,
     ) -> None:
         super().__init__(clock=clock)
-        if not config.host:
-            raise ValueError("RedisConfig.host is required for a RedisCounterStore")
+        self.connection = RedisConnection(config, max_connections=max_connections)
         self.config = config
         self.prefix = prefix
-        self.max_connections = max_connections
-        self._gateway: Gateway | None = None
-        self._host: _Host | None = None
 
     def attach(self, gateway: Gateway) -> None:
-        self._gateway = gateway
+        self.connection.attach(gateway)
 
     def _ttls(self, counters: Sequence[Counter]) -> list[int]:
         now = self.clock()
@@ -142,18 +138,46 @@ class RedisCounterStore(CounterStore):
     async def hit(self, counters: Sequence[Counter]) -> Hit:
         keys = [self.prefix + c.key for c in counters]
         args = [_number(c.limit) for c in counters] + self._ttls(counters)
-        reply = await self._call(_run_script, "hit", keys, args)
+        reply = await self.connection.call(_run_script, _HIT, keys, args)
         return Hit(bool(reply[0]), tuple(int(v) for v in reply[1:]))
 
     async def increment(self, counters: Sequence[Counter], amount: int) -> None:
         keys = [self.prefix + c.key for c in counters]
-        await self._call(_run_script, "increment", keys, [amount, *self._ttls(counters)])
+        await self.connection.call(_run_script, _INCREMENT, keys, [amount, *self._ttls(counters)])
 
     async def counts(self, keys: Sequence[str]) -> list[int]:
-        values = await self._call(_mget, [self.prefix + k for k in keys])
+        values = await self.connection.call(_mget, [self.prefix + k for k in keys])
         return [int(v) if v is not None else 0 for v in values]
 
-    async def _call(self, op: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    async def aclose(self) -> None:
+        await self.connection.aclose()
+
+    def __repr__(self) -> str:
+        return f"<RedisCounterStore {self.config.address} prefix={self.prefix!r}>"
+
+
+class RedisConnection:
+    """A coredis client to one Redis, opened on first use and owned by a task (see the
+    module's docstring), for the stores that talk to Redis.
+
+    `await connection.call(op, *args)` runs `await op(client, *args)` with the
+    `RedisClient`; whatever goes wrong (Redis down, a timeout, an error reply) is raised
+    as `StoreError`. `attach(gateway)` lends it the gateway's task group; without one it
+    runs on a thread's event loop. After `aclose()`, the next call reconnects.
+    """
+
+    def __init__(self, config: RedisConfig, *, max_connections: int = 64) -> None:
+        if not config.host:
+            raise ValueError("RedisConfig.host is required to connect to Redis")
+        self.config = config
+        self.max_connections = max_connections
+        self._gateway: Gateway | None = None
+        self._host: _Host | None = None
+
+    def attach(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+
+    async def call(self, op: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         host = await self._open()
         try:
             return await host.call(op, *args)
@@ -167,8 +191,7 @@ class RedisCounterStore(CounterStore):
     async def _open(self) -> _Host:
         host = self._host
         if host is None or host.ended:
-            host = self._host = self._new_host()
-            await host.open()
+            host = self._host = await self._new_host()
         else:
             await host.ready.wait()
         if isinstance(host.error, StoreError):
@@ -177,14 +200,18 @@ class RedisCounterStore(CounterStore):
             raise StoreError(f"Redis at {self.config.address}: {_describe(host.error)}")
         return host
 
-    def _new_host(self) -> _Host:
-        spawn = _gateway_spawner(self._gateway) if self._gateway is not None else None
-        if spawn is not None:
-            return _TaskHost(self, spawn)
-        return _ThreadHost(self)
+    async def _new_host(self) -> _Host:
+        if self._gateway is not None:
+            task_host = _TaskHost(self)
+            if self._gateway.spawn(task_host.own, same_loop=True):
+                await task_host.ready.wait()
+                return task_host
+        thread_host = _ThreadHost(self)
+        await thread_host.open()
+        return thread_host
 
-    def _make_client(self) -> _Client:
-        return _Client(self.config, self.max_connections)
+    def make_client(self) -> RedisClient:
+        return RedisClient(self.config, self.max_connections)
 
     async def aclose(self) -> None:
         host, self._host = self._host, None
@@ -192,7 +219,7 @@ class RedisCounterStore(CounterStore):
             await host.aclose()
 
     def __repr__(self) -> str:
-        return f"<RedisCounterStore {self.config.address} prefix={self.prefix!r}>"
+        return f"<RedisConnection {self.config.address}>"
 
 
 def _number(value: float) -> str:
@@ -204,17 +231,16 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-async def _run_script(client: _Client, name: str, keys: list[str], args: list[Any]) -> Any:
-    script = client.hit if name == "hit" else client.increment
-    return await script(keys, args)
+async def _run_script(client: RedisClient, source: str, keys: list[str], args: list[Any]) -> Any:
+    return await client.script(source)(keys, args)
 
 
-async def _mget(client: _Client, keys: list[str]) -> Any:
+async def _mget(client: RedisClient, keys: list[str]) -> Any:
     return await client.redis.mget(keys)
 
 
-class _Client:
-    """A coredis client and the scripts registered on it."""
+class RedisClient:
+    """A coredis client (`redis`) and the Lua scripts registered on it (`script`)."""
 
     def __init__(self, config: RedisConfig, max_connections: int) -> None:
         coredis = _import_coredis()
@@ -239,8 +265,14 @@ class _Client:
         # No retries: a script that timed out may have run, and running it again would
         # count a request twice.
         self.redis: Any = coredis.Redis(connection_pool=pool, retry_policy=NoRetryPolicy())
-        self.hit = self.redis.register_script(_HIT)
-        self.increment = self.redis.register_script(_INCREMENT)
+        self._scripts: dict[str, Any] = {}
+
+    def script(self, source: str) -> Any:
+        """The script `source`, registered on first use (called with `(keys, args)`)."""
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = self.redis.register_script(source)
+        return script
 
 
 def _import_coredis() -> Any:
@@ -298,35 +330,16 @@ def _connection_class(server_name: str | None) -> Any:
     return Connection
 
 
-Spawn = Callable[[Callable[[], Awaitable[None]]], None]
-
-
-def _gateway_spawner(gateway: Gateway) -> Spawn | None:
-    """The gateway's own task group, when its owner started it (None when a request did).
-
-    This reaches into the gateway on purpose: it has no public way yet to lend a task.
-    """
-    from .._gateway import _TaskGroupBackground
-
-    background = getattr(gateway, "_background", None)
-    if isinstance(background, _TaskGroupBackground):
-        return background.spawn
-    return None
-
-
 class _Host:
     """Owns a client: opens it in some task, runs operations with it, closes it."""
 
-    def __init__(self, store: RedisCounterStore) -> None:
-        self.store = store
+    def __init__(self, connection: RedisConnection) -> None:
+        self.connection = connection
         self.ready = anyio.Event()
         #: Why the client could not be opened (the operations report it).
         self.error: BaseException | None = None
         #: The owning task ended: the next operation needs a new host.
         self.ended = False
-
-    async def open(self) -> None:
-        raise NotImplementedError
 
     async def call(self, op: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         raise NotImplementedError
@@ -338,25 +351,16 @@ class _Host:
 class _TaskHost(_Host):
     """The client lives in a task of the gateway's task group, on this event loop."""
 
-    def __init__(self, store: RedisCounterStore, spawn: Spawn) -> None:
-        super().__init__(store)
-        self.spawn = spawn
-        self.client: _Client | None = None
+    def __init__(self, connection: RedisConnection) -> None:
+        super().__init__(connection)
+        self.client: RedisClient | None = None
         self.stop = anyio.Event()
         self.done = anyio.Event()
 
-    async def open(self) -> None:
+    async def own(self) -> None:
+        """The owning task: opens the client, holds it until `aclose`."""
         try:
-            self.spawn(self._own)
-        except Exception as exc:  # the gateway's task group is closing: it is stopping
-            self.error, self.ended = exc, True
-            self.ready.set()
-            return
-        await self.ready.wait()
-
-    async def _own(self) -> None:
-        try:
-            self.client = self.store._make_client()
+            self.client = self.connection.make_client()
             async with self.client.redis:
                 self.ready.set()
                 await self.stop.wait()
@@ -381,12 +385,12 @@ class _ThreadHost(_Host):
     """The client lives on an event loop in a thread of its own; operations get there
     through a worker thread (at most `max_connections` at a time)."""
 
-    def __init__(self, store: RedisCounterStore) -> None:
-        super().__init__(store)
+    def __init__(self, connection: RedisConnection) -> None:
+        super().__init__(connection)
         self.stack = contextlib.ExitStack()
         self.portal: anyio.from_thread.BlockingPortal | None = None
-        self.client: _Client | None = None
-        self.limiter = anyio.CapacityLimiter(store.max_connections)
+        self.client: RedisClient | None = None
+        self.limiter = anyio.CapacityLimiter(connection.max_connections)
 
     async def open(self) -> None:
         try:
@@ -402,7 +406,7 @@ class _ThreadHost(_Host):
             anyio.from_thread.start_blocking_portal(name="pygateway-redis")
         )
         try:
-            self.client = portal.call(self.store._make_client)
+            self.client = portal.call(self.connection.make_client)
             self.stack.enter_context(portal.wrap_async_context_manager(self.client.redis))
         except BaseException:
             self.stack.close()

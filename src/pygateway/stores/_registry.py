@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._base import CounterStore
 from ._memory import MemoryCounterStore
@@ -13,26 +13,21 @@ if TYPE_CHECKING:
 
 __all__ = ["close_counter_stores", "counter_store", "use_counter_store"]
 
-# In `gateway.shared`: {None: the local store, RedisConfig: its Redis store}. Kept across
-# reconfigurations, so counters survive a configuration change.
+# In `gateway.shared`, under (_KEY, None) the local store and (_KEY, RedisConfig) a Redis
+# one. Kept across reconfigurations (counters survive a configuration change); the gateway
+# closes them when it closes, and they reconnect on their next use.
 _KEY = "pygateway.stores.counters"
-
-
-def _stores(gateway: Gateway) -> dict[RedisConfig | None, CounterStore]:
-    stores: dict[RedisConfig | None, CounterStore] = gateway.shared.setdefault(_KEY, {})
-    return stores
 
 
 def counter_store(gateway: Gateway, redis: RedisConfig | None = None) -> CounterStore:
     """The store `gateway`'s plugins count in: its in-process store, or with `redis` its
     store for that Redis. Made on first use, kept for the gateway's life (a restart
     reconnects)."""
-    stores = _stores(gateway)
-    store = stores.get(redis)
+    store: CounterStore | None = gateway.shared.get((_KEY, redis))
     if store is None:
         store = MemoryCounterStore() if redis is None else RedisCounterStore(redis)
         store.attach(gateway)
-        stores[redis] = store
+        gateway.shared[_KEY, redis] = store
     return store
 
 
@@ -45,13 +40,12 @@ def use_counter_store(gateway: Gateway, store: CounterStore) -> None:
     """
     key = store.config if isinstance(store, RedisCounterStore) else None
     store.attach(gateway)
-    _stores(gateway)[key] = store
+    gateway.shared[_KEY, key] = store
 
 
 async def close_counter_stores(gateway: Gateway) -> None:
-    """Close `gateway`'s connections to stores (the plugins' `shutdown` does). Local
-    counters are kept: they are the process's, not a connection's."""
-    stores: dict[Any, CounterStore] = gateway.shared.get(_KEY, {})
-    for key, store in list(stores.items()):
-        if key is not None:
+    """Close `gateway`'s connections to stores (closing the gateway does). Local counters
+    are kept: they are the process's, not a connection's."""
+    for key, store in list(gateway.shared.items()):
+        if isinstance(key, tuple) and key[0] == _KEY:
             await store.aclose()

@@ -60,6 +60,7 @@ class _Body:
         "has_body",
         "length",
         "receive",
+        "received",
         "released",
         "started",
     )
@@ -83,6 +84,8 @@ class _Body:
         self.first: Message | None = None
         #: Set once the body was read completely, or released (see `settled`).
         self.done: anyio.Event | None = None
+        #: Body bytes read from the client so far.
+        self.received = 0
 
     @property
     def settled(self) -> bool:
@@ -144,6 +147,7 @@ class _Body:
             if not more:
                 self._finish()
             if chunk:
+                self.received += len(chunk)
                 yield chunk
             if not more:
                 return
@@ -276,6 +280,7 @@ class Context:
         "request",
         "request_id",
         "response",
+        "response_body_sent",
         "response_sent",
         "route",
         "service",
@@ -311,6 +316,8 @@ class Context:
         self.response: ResponseState | None = None
         #: True once the last part of the response was handed to the server.
         self.response_sent = False
+        #: Response body bytes handed to the server (known in the log phase).
+        self.response_body_sent = 0
         self.upstream_status: int | None = None
         #: Shared by every plugin during this request (Kong's `kong.ctx.shared`).
         self.shared: dict[str, Any] = {}
@@ -331,6 +338,28 @@ class Context:
         if state is None:
             state = self._plugin_states[key] = {}
         return state
+
+    @property
+    def request_size(self) -> int:
+        """The request's bytes, as nginx's `request_length` counts them: request line,
+        headers and the body bytes read (the head as HTTP/1.1 frames it: ASGI servers do
+        not tell how many bytes they read)."""
+        request = self.request
+        size = len(request.method) + len(request.raw_path) + 11 + len(request.http_version)
+        if request.query_string:
+            size += len(request.query_string) + 1
+        size += sum(len(k) + len(v) + 4 for k, v in request.headers.raw) + 2
+        return size + request._body.received
+
+    @property
+    def response_size(self) -> int:
+        """The response's bytes, as nginx's `bytes_sent` counts them: status line, headers
+        and the body bytes sent (0 when no response was sent). Exact in the log phase."""
+        response = self.response
+        if response is None or not self.response_sent:
+            return 0
+        size = 17 + sum(len(k) + len(v) + 4 for k, v in response.headers.raw) + 2
+        return size + self.response_body_sent
 
     def authenticate(
         self,

@@ -25,6 +25,7 @@ from urllib.parse import quote
 import anyio
 import anyio.lowlevel
 
+from ._access_log import access_logger, log_access
 from ._context import ClientDisconnect, Context, Request, ResponseState, UpstreamRequestState, _Body
 from ._exceptions import RequestRejected, UpstreamConnectError, UpstreamError, UpstreamTimeout
 from ._headers import Headers
@@ -114,7 +115,10 @@ async def handle_http(
             if ctx.shared.get("client_disconnected") and not downstream.delivered:
                 ctx.response = ResponseState(499, Headers(), "error")
             ctx.latencies["request"] = _ms(started)
+            ctx.response_body_sent = downstream.body_sent
             await _log(ctx, collected)
+            if access_logger.isEnabledFor(logging.INFO):
+                log_access(ctx)
     if fall_through:
         assert fallback is not None
         await fallback(scope, _replay_receive(body, receive), send)
@@ -140,10 +144,12 @@ class _Downstream:
     """The server's `send`, remembering how far the response got; the server failing to
     send (an OSError: the client's connection is gone) becomes ClientDisconnect."""
 
-    __slots__ = ("delivered", "send", "started")
+    __slots__ = ("body_sent", "delivered", "send", "started")
 
     def __init__(self, send: Send) -> None:
         self.send = send
+        #: Body bytes the server took.
+        self.body_sent = 0
         #: The response started: no other can be sent.
         self.started = False
         #: The server took the response's start (the client may have its status).
@@ -159,6 +165,8 @@ class _Downstream:
             raise ClientDisconnect() from exc
         if start:
             self.delivered = True
+        else:
+            self.body_sent += len(message.get("body", b""))
 
 
 async def _serve(

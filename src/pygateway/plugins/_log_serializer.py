@@ -13,7 +13,6 @@ authenticated credential by its id only, and no entity carries its plugins' conf
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ConfigurationError
@@ -60,7 +59,7 @@ def serialize(ctx: Context) -> dict[str, Any]:
             "querystring": dict(request.query_params),
             "method": request.method,
             "headers": headers_dict(request.headers),
-            "size": _request_size(ctx),
+            "size": ctx.request_size,
         },
         "upstream_uri": (
             upstream.path + (f"?{upstream.query_string}" if upstream.query_string else "")
@@ -72,7 +71,7 @@ def serialize(ctx: Context) -> dict[str, Any]:
         "response": {
             "status": response.status_code if response is not None else 0,
             "headers": headers_dict(response.headers) if response is not None else {},
-            "size": _response_size(ctx),
+            "size": ctx.response_size,
         },
         "latencies": _latencies(ctx),
         "tries": [dict(t) for t in ctx.tries],
@@ -128,36 +127,3 @@ def _latencies(ctx: Context) -> dict[str, int]:
         "kong": max(0, total - (waiting or 0)),
         "request": total,
     }
-
-
-def _head_size(lines: Iterable[bytes], raw: list[tuple[bytes, bytes]]) -> int:
-    size = sum(len(line) + 2 for line in lines) + 2
-    return size + sum(len(k) + len(v) + 4 for k, v in raw)
-
-
-def _content_length(headers: Headers) -> int:
-    value = headers.get("content-length")
-    try:
-        return int(value) if value is not None else 0
-    except ValueError:
-        return 0
-
-
-def _request_size(ctx: Context) -> int:
-    """The request's bytes as the client framed them: its head and its Content-Length.
-
-    An estimate (HTTP/1.1 framing; a chunked body counts as 0): the ASGI server does not
-    tell how many bytes it read.
-    """
-    request = ctx.request
-    line = f"{request.method} {request.raw_path} HTTP/{request.http_version}".encode("latin-1")
-    return _head_size([line], request.headers.raw) + _content_length(request.headers)
-
-
-def _response_size(ctx: Context) -> int:
-    """The response's bytes: its head and its Content-Length (an estimate, as above)."""
-    response = ctx.response
-    if response is None:
-        return 0
-    line = b"HTTP/1.1 %d" % response.status_code
-    return _head_size([line], response.headers.raw) + _content_length(response.headers)

@@ -120,36 +120,11 @@ class Prometheus(Plugin):
             if upstream is not None:
                 families.upstream_latency.labels(service_name, route_name).observe(upstream)
         if self.bandwidth_metrics:
-            ingress, egress = _bandwidth(ctx)
+            # As nginx's `request_length` and `bytes_sent` count them.
+            ingress, egress = ctx.request_size, ctx.response_size
             families.bandwidth.labels(service_name, route_name, "ingress", consumer).inc(ingress)
             if egress:
                 families.bandwidth.labels(service_name, route_name, "egress", consumer).inc(egress)
-
-
-def _bandwidth(ctx: Context) -> tuple[int, int]:
-    """Bytes in and out, as nginx's `request_length` and `bytes_sent` count them: request
-    line or status line, headers and body. A body's size is its Content-Length (or what
-    was read of it); a streamed response without one counts headers only."""
-    request = ctx.request
-    ingress = len(request.method) + len(request.raw_path) + len(request.query_string) + 12
-    ingress += sum(len(k) + len(v) + 4 for k, v in request.headers.raw) + 2
-    body = request._body
-    if body.buffered is not None:
-        ingress += len(body.buffered)
-    elif body.length is not None and body.length.isdigit():
-        ingress += int(body.length)
-    response = ctx.response
-    if response is None or not ctx.response_sent:
-        return ingress, 0
-    egress = 17 + sum(len(k) + len(v) + 4 for k, v in response.headers.raw) + 2
-    if request.method != "HEAD":
-        if response.body is not None:
-            egress += len(response.body)
-        else:
-            length = response.headers.get("content-length")
-            if length is not None and length.isdigit():
-                egress += int(length)
-    return ingress, egress
 
 
 @attrs.frozen

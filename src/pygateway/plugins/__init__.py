@@ -11,6 +11,7 @@ from ._basic_auth import BasicAuth
 from ._bot_detection import BotDetection
 from ._correlation_id import CorrelationId
 from ._cors import Cors
+from ._datadog import Datadog, DatadogMetric
 from ._file_log import FileLog
 from ._hmac_auth import HmacAuth
 from ._http_log import HttpLog
@@ -30,6 +31,8 @@ from ._request_transformer import RequestTransformer
 from ._request_validator import RequestValidator
 from ._response_ratelimiting import ResponseLimits, ResponseRatelimiting
 from ._response_transformer import ResponseTransformer
+from ._statsd import Statsd, StatsdMetric
+from ._syslog import Syslog
 from ._tcp_log import TcpLog
 from ._udp_log import UdpLog
 
@@ -39,6 +42,8 @@ __all__ = [
     "BotDetection",
     "CorrelationId",
     "Cors",
+    "Datadog",
+    "DatadogMetric",
     "FileLog",
     "HmacAuth",
     "HttpLog",
@@ -61,6 +66,9 @@ __all__ = [
     "ResponseRatelimiting",
     "ResponseTransformer",
     "Scoped",
+    "Statsd",
+    "StatsdMetric",
+    "Syslog",
     "TcpLog",
     "UdpLog",
     "available",

@@ -21,7 +21,14 @@ if TYPE_CHECKING:
     from .._context import Context
     from .._headers import Headers
 
-__all__ = ["REDACTED", "REDACTED_HEADERS", "check_custom_fields", "require", "serialize"]
+__all__ = [
+    "REDACTED",
+    "REDACTED_HEADERS",
+    "check_custom_fields",
+    "latencies",
+    "require",
+    "serialize",
+]
 
 REDACTED = "REDACTED"
 #: Headers whose values are replaced by "REDACTED" in a log entry (request and response).
@@ -73,7 +80,7 @@ def serialize(ctx: Context) -> dict[str, Any]:
             "headers": headers_dict(response.headers) if response is not None else {},
             "size": ctx.response_size,
         },
-        "latencies": _latencies(ctx),
+        "latencies": latencies(ctx),
         "tries": [dict(t) for t in ctx.tries],
         "client_ip": request.client_ip,
         "started_at": int(ctx.started_at * 1000),
@@ -118,7 +125,9 @@ def _authority(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-def _latencies(ctx: Context) -> dict[str, int]:
+def latencies(ctx: Context) -> dict[str, int]:
+    """Kong's `latencies` (ms): `request` (all of it), `proxy` (waiting for the upstream, -1
+    when there was none) and `kong` (the gateway's own share)."""
     total = ctx.latencies.get("request", 0)
     waiting = ctx.latencies.get("upstream")
     return {

@@ -263,10 +263,13 @@ class QueuedLogger(Plugin):
         return super().from_config(config)
 
     async def log(self, ctx: Context) -> None:
-        self.queue_for(ctx.gateway).put(self.entry(ctx))
+        entry = self.entry(ctx)
+        if entry:
+            self.queue_for(ctx.gateway).put(entry)
 
     def entry(self, ctx: Context) -> bytes:
-        """The log entry for a finished request, as sent: Kong's serializer, as JSON."""
+        """The log entry for a finished request, as sent: Kong's serializer, as JSON. A
+        subclass returns b"" when this request has nothing to send."""
         return json.dumps(serialize(ctx), separators=(",", ":"), default=str).encode()
 
     def queue_for(self, gateway: Gateway) -> LogQueue:

@@ -23,6 +23,7 @@ __all__ = [
     "REDIS_HOST",
     "REDIS_PORT",
     "redis_command",
+    "redis_key_names",
     "redis_keys",
     "redis_prefix",
     "require_redis",
@@ -74,8 +75,8 @@ def redis_command(*args: str | int, port: int = REDIS_PORT) -> object:
         return _read(socket.SocketIO(sock, "rb"))
 
 
-def redis_keys(prefix: str) -> dict[str, int]:
-    """Every key starting with `prefix`, with its integer value (SCAN, then GET)."""
+def redis_key_names(prefix: str) -> list[str]:
+    """Every key starting with `prefix` (SCAN), sorted."""
     keys: list[str] = []
     cursor = "0"
     while True:
@@ -85,7 +86,12 @@ def redis_keys(prefix: str) -> dict[str, int]:
         keys.extend(batch)
         if cursor == "0":
             break
-    return {key: int(str(redis_command("GET", key))) for key in sorted(set(keys))}
+    return sorted(set(keys))
+
+
+def redis_keys(prefix: str) -> dict[str, int]:
+    """Every key starting with `prefix`, with its integer value (counters)."""
+    return {key: int(str(redis_command("GET", key))) for key in redis_key_names(prefix)}
 
 
 def require_redis(port: int = REDIS_PORT) -> None:
@@ -109,5 +115,5 @@ def redis_prefix() -> Iterator[str]:
     require_redis()
     prefix = f"pygateway-test-{uuid.uuid4().hex}:"
     yield prefix
-    for key in redis_keys(prefix):
+    for key in redis_key_names(prefix):
         redis_command("DEL", key)

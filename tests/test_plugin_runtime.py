@@ -14,6 +14,7 @@ import anyio.lowlevel
 import anyio.to_thread
 import attrs
 import pytest
+from upstreams import wait_until
 
 import pygateway as gw
 from pygateway.engines import MockEngine, UpstreamRequest, UpstreamResponse
@@ -1222,14 +1223,14 @@ async def test_a_plugin_added_by_a_configuration_change_starts_before_the_next_r
 
 async def test_a_plugin_kept_by_a_configuration_change_is_not_restarted() -> None:
     events: list[Any] = []
-    kept = Lifecycle(events)
-    gateway = gw.Gateway(services=[service()], plugins=[kept], engine=upstream())
+    gateway = gw.Gateway(services=[service()], plugins=[Lifecycle(events)], engine=upstream())
     async with gateway, client(gateway) as c:
         for path in ("/r", "/s"):
             config = gateway.config
             gateway.configure(
                 attrs.evolve(
                     config,
+                    plugins=(Lifecycle(events),),  # equal, not the same object
                     services=(
                         gw.Service(
                             name="s",
@@ -1241,6 +1242,91 @@ async def test_a_plugin_kept_by_a_configuration_change_is_not_restarted() -> Non
             )
             assert (await c.get(path)).status_code == 200
     assert [e for e, _ in events] == ["startup", "shutdown"]
+
+
+@attrs.frozen
+class SlowStart(gw.Plugin):
+    """Starts slowly (until `release` is set), fails its first `fail` startups, and
+    answers 599 to requests it sees before it is started."""
+
+    name = "runtime-slow-start"
+
+    state: Any = attrs.field(eq=False)
+    settings: dict[str, Any] = attrs.field(factory=dict)  # unhashable on purpose
+
+    async def startup(self, gateway: gw.Gateway) -> None:
+        self.state["startups"] += 1
+        await self.state["release"].wait()
+        if self.state["fail"] > 0:
+            self.state["fail"] -= 1
+            raise RuntimeError("cannot start")
+        self.state["started"] = True
+
+    async def access(self, ctx: Any) -> gw.Response | None:
+        return None if self.state.get("started") else gw.Response(599)
+
+
+def slow_start_state(fail: int = 0) -> dict[str, Any]:
+    return {"startups": 0, "release": anyio.Event(), "fail": fail}
+
+
+async def test_requests_wait_for_a_plugin_added_by_configure_to_finish_starting() -> None:
+    state = slow_start_state()
+    gateway = gw.Gateway(services=[service()], engine=upstream())
+    statuses: list[int] = []
+    async with gateway, client(gateway) as c:
+        gateway.configure(attrs.evolve(gateway.config, plugins=(SlowStart(state),)))
+
+        async def one() -> None:
+            statuses.append((await c.get("/r")).status_code)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(one)
+            await wait_until(lambda: state["startups"] == 1)
+            await anyio.sleep(0.05)
+            assert statuses == []  # all waiting, none served by the unstarted plugin
+            state["release"].set()
+    assert statuses == [200, 200, 200]
+    assert state["startups"] == 1
+
+
+async def test_a_plugin_whose_startup_fails_gets_a_500_and_is_started_again_later(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    state = slow_start_state(fail=1)
+    state["release"].set()
+    gateway = gw.Gateway(services=[service()], engine=upstream())
+    async with gateway, client(gateway) as c:
+        gateway.configure(attrs.evolve(gateway.config, plugins=(SlowStart(state),)))
+        failed = await c.get("/r")
+        assert failed.status_code == 500
+        assert failed.json()["message"] == "An unexpected error occurred"
+        assert (await c.get("/r")).status_code == 200
+    assert state["startups"] == 2
+    assert "the gateway could not start" in caplog.text
+
+
+async def test_a_configuration_change_during_start_up_is_not_lost() -> None:
+    events: list[Any] = []
+    state = slow_start_state()
+    gateway = gw.Gateway(services=[service()], plugins=[SlowStart(state)], engine=upstream())
+    statuses: list[int] = []
+    async with client(gateway) as c:
+
+        async def first() -> None:  # starts the gateway
+            statuses.append((await c.get("/r")).status_code)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            await wait_until(lambda: state["startups"] == 1)
+            gateway.configure(
+                attrs.evolve(gateway.config, plugins=(SlowStart(state), Labelled(events, "late")))
+            )
+            state["release"].set()
+        assert events == [("startup", "late")]  # before the first request was served
+    assert statuses == [200]
+    await gateway.aclose()
 
 
 async def test_gateway_spawn_runs_a_task_until_the_gateway_closes() -> None:

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import logging
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -109,6 +110,34 @@ async def test_a_gateway_started_by_its_owner_counts_exactly_in_redis(redis_pref
     assert isinstance(ttl, int)
     assert 30_000 < ttl <= 41_000
     assert store.connection._host is None  # type: ignore[attr-defined]  # closed with the gateway
+
+
+@pytest.mark.parametrize("started_by", ["owner", "request"])
+async def test_concurrent_first_operations_open_one_connection(
+    redis_prefix: str, started_by: str
+) -> None:
+    plugin = RateLimiting(minute=100, limit_by="ip", policy="redis", redis=REDIS)
+    gateway = limited_gateway(redis_prefix, plugin, upstream())
+    store = counter_store(gateway, REDIS)
+    hosts: set[int] = set()
+
+    async def one() -> None:
+        await store.counts(["x"])
+        hosts.add(id(store.connection._host))  # type: ignore[attr-defined]
+
+    def redis_threads() -> int:
+        return sum(t.name == "pygateway-redis" for t in threading.enumerate())
+
+    before = redis_threads()
+    async with contextlib.AsyncExitStack() as stack:
+        if started_by == "owner":
+            await stack.enter_async_context(gateway)
+        async with anyio.create_task_group() as tg:
+            for _ in range(50):
+                tg.start_soon(one)
+        assert len(hosts) == 1
+        assert redis_threads() - before == (0 if started_by == "owner" else 1)
+    await gateway.aclose()
 
 
 async def test_a_gateway_started_by_a_request_counts_exactly_in_redis(redis_prefix: str) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 import os
+import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sized
@@ -13,11 +14,13 @@ from typing import Any
 
 import anyio
 import anyio.from_thread
+import anyio.lowlevel
 import attrs
 
 from ._entities import CACertificate, Certificate, Consumer, Route, Service, Target, Upstream
 from ._exceptions import ConfigurationError
 from ._proxy import TrustedIPs
+from ._responses import error_response
 from ._runloop import handle_http
 from ._snapshot import Configuration, Snapshot
 from ._types import ASGIApp, Message, Receive, Scope, Send
@@ -174,10 +177,13 @@ class Gateway:
         self.shared: dict[Any, Any] = {}
         self._background: _Background | None = None
         self._started = False
-        #: Started, and the plugins of the configuration in force are started too: the
-        #: one flag a request checks.
-        self._ready = False
-        self._starting: anyio.Lock | None = None
+        #: Bumped by each `configure`. A request is served once `_synced` (the generation
+        #: whose plugins are started; -1 while the gateway is not) equals it.
+        self._generation = 0
+        self._synced = -1
+        #: Held to start, sync plugins and close; made for the event loop using it.
+        self._lock: anyio.Lock | None = None
+        self._lock_loop: object = None
         self._started_plugins: list[Plugin] = []
         self.snapshot = self._go_live(Snapshot(config))
 
@@ -201,7 +207,7 @@ class Gateway:
         Raises ConfigurationError (and changes nothing) if the new configuration is invalid.
         """
         self.snapshot = self._go_live(Snapshot(config))
-        self._ready = False
+        self._generation += 1
 
     def _go_live(self, snapshot: Snapshot) -> Snapshot:
         """Give a validated snapshot the gateway's upstream pools, updated to it."""
@@ -274,56 +280,58 @@ class Gateway:
         start active health checks, which run in a task group of the calling task until
         `aclose()`: call both from the same task (`async with gateway:` and the ASGI
         lifespan do). Idempotent."""
-        await self._start(lazily=False)
+        async with self._lock_here():
+            if not self._started:
+                await self._start_locked(lazily=False)
 
-    async def _start(self, *, lazily: bool) -> None:
-        if self._started:
-            return
-        if self._starting is None:
-            self._starting = anyio.Lock()
-        async with self._starting:
-            if self._started:
-                return
-            await self._sync_plugins()
-            await self._resolve_targets()
-            if not lazily:
-                self._background = await _TaskGroupBackground.open()
-            self._started = self._ready = True
-            self._start_checks()
+    def _lock_here(self) -> anyio.Lock:
+        """The lifecycle lock, for the running event loop (one gateway may serve several
+        loops in turn, as tests on asyncio and then trio do)."""
+        loop = anyio.lowlevel.current_token()
+        if self._lock is None or self._lock_loop != loop:
+            self._lock, self._lock_loop = anyio.Lock(), loop
+        return self._lock
+
+    async def _start_locked(self, *, lazily: bool) -> None:
+        generation = self._generation
+        await self._sync_plugins()
+        await self._resolve_targets()
+        if not lazily:
+            self._background = await _TaskGroupBackground.open()
+        self._started = True
+        self._synced = generation
+        self._start_checks()
 
     async def _ready_up(self) -> None:
-        """Make the gateway ready for a request: started, and its plugins in sync with the
-        configuration in force."""
-        lock = self._starting
-        if self._started and lock is not None:
-            async with lock:
-                if self._started:
-                    if not self._ready:
-                        self._ready = True  # first: a swap meanwhile clears it again
-                        await self._sync_plugins()
-                    return
-        await self._start(lazily=True)  # not started, or closed while we waited
+        """Make the gateway ready for a request: started, and the plugins of the
+        configuration in force started. Requests wait here while that happens; a failure
+        is raised to them all (and tried again by the next request)."""
+        async with self._lock_here():
+            if not self._started:
+                await self._start_locked(lazily=True)
+            while self._synced != self._generation:  # swapped during a start or a sync
+                generation = self._generation
+                await self._sync_plugins()
+                self._synced = generation
 
     async def _sync_plugins(self) -> None:
         """Start the plugins of the configuration in force not started yet; shut down the
-        started ones it no longer has."""
+        started ones it no longer has. Plugins are compared by equality: one kept by a
+        configuration change (equal, if not the same object) is not restarted."""
         wanted = [
             p
             for p in self.snapshot.plugins
             if type(p).implements("startup") or type(p).implements("shutdown")
         ]
-        keep = set(wanted)
-        gone = [p for p in self._started_plugins if p not in keep]
+        gone = [p for p in self._started_plugins if p not in wanted]
         if gone:
-            self._started_plugins = [p for p in self._started_plugins if p in keep]
+            self._started_plugins = [p for p in self._started_plugins if p in wanted]
             await self._shutdown_plugins(gone)
-        started = set(self._started_plugins)
         for plugin in wanted:
-            if plugin not in started:
+            if plugin not in self._started_plugins:
                 if type(plugin).implements("startup"):
                     await plugin.startup(self)
                 self._started_plugins.append(plugin)
-                started.add(plugin)
 
     async def _shutdown_plugins(self, plugins: list[Plugin]) -> None:
         for plugin in reversed(plugins):
@@ -397,16 +405,14 @@ class Gateway:
         A request that arrives meanwhile waits for the gateway to be closed, then starts it
         again (as a first request does).
         """
-        if self._starting is None:
-            self._starting = anyio.Lock()
-        async with self._starting:
+        async with self._lock_here():
             await self._close()
-        self._starting = None  # the lock belongs to this event loop; a restart may use another
 
     async def _close(self) -> None:
         # Not started from now on: a request arriving meanwhile goes to `_start`, which
         # waits for the lock this close holds.
-        self._started = self._ready = False
+        self._started = False
+        self._synced = -1
         background, self._background = self._background, None
         if background is not None:
             await background.aclose()
@@ -436,8 +442,8 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            if not self._ready:
-                await self._ready_up()
+            if self._synced != self._generation and not await _ready(self, send):
+                return
             await handle_http(self, self.snapshot, scope, receive, send)
         elif kind == "lifespan":
             await _lifespan(self, receive, send)
@@ -510,8 +516,8 @@ class GatewayMiddleware:
         kind = scope["type"]
         if kind == "http":
             gateway = self.gateway
-            if not gateway._ready:
-                await gateway._ready_up()
+            if gateway._synced != gateway._generation and not await _ready(gateway, send):
+                return
             await handle_http(gateway, gateway.snapshot, scope, receive, send, fallback=self.app)
         elif kind == "lifespan":
             await self._lifespan(scope, receive, send)
@@ -530,7 +536,7 @@ class GatewayMiddleware:
                 try:
                     # The host app's lifespan owns this task: whether it keeps start and
                     # aclose nested is not ours to know, so checks get a thread.
-                    await gateway._start(lazily=True)
+                    await gateway._ready_up()
                 except Exception as exc:
                     startup_failed.append(repr(exc))
             return message
@@ -550,6 +556,22 @@ class GatewayMiddleware:
                 raise  # the app speaks lifespan and failed in it: the server reports that
             # The wrapped app does not speak lifespan: run the gateway's own.
             await _lifespan(gateway, receive, send, startup_received="lifespan.startup" in seen)
+
+
+async def _ready(gateway: Gateway, send: Send) -> bool:
+    """Get the gateway ready for a request; if it cannot be (a plugin's `startup` failed),
+    answer 500 as for any failure in the gateway, and say False."""
+    try:
+        await gateway._ready_up()
+    except Exception:
+        request_id = secrets.token_hex(16)
+        logger.exception("the gateway could not start (request %s)", request_id)
+        answer = error_response(500, "An unexpected error occurred", request_id)
+        headers = [*answer.headers.raw, (b"content-length", b"%d" % len(answer.body))]
+        await send({"type": "http.response.start", "status": 500, "headers": headers})
+        await send({"type": "http.response.body", "body": answer.body})
+        return False
+    return True
 
 
 #: Seconds a request waits for names with known addresses to be re-resolved, when the

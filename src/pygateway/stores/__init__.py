@@ -1,4 +1,5 @@
-"""Stores for state shared beyond one request: rate-limit counters, for now.
+"""Stores for state shared beyond one request: rate-limit counters, and the Redis
+connection other Redis-backed stores (proxy-cache's) build on.
 
     store = counter_store(gateway)                      # in-process (policy "local")
     store = counter_store(gateway, RedisConfig(host="redis.internal"))  # policy "redis"
@@ -6,13 +7,15 @@
 
 `MemoryCounterStore` keeps counters in the process; `RedisCounterStore` in a Redis every
 worker and node shares (coredis >= 6, the `pygateway[redis]` extra, imported on first use).
+`RedisConnection` owns a coredis client for a store of yours: `await conn.call(op, *args)`
+runs `await op(client, *args)` with a `RedisClient` (`client.redis`, `client.script(src)`).
 """
 
 from __future__ import annotations
 
 from ._base import Counter, CounterStore, Hit, StoreError
 from ._memory import MemoryCounterStore
-from ._redis import RedisConfig, RedisCounterStore
+from ._redis import RedisClient, RedisConfig, RedisConnection, RedisCounterStore
 from ._registry import close_counter_stores, counter_store, use_counter_store
 
 __all__ = [
@@ -20,7 +23,9 @@ __all__ = [
     "CounterStore",
     "Hit",
     "MemoryCounterStore",
+    "RedisClient",
     "RedisConfig",
+    "RedisConnection",
     "RedisCounterStore",
     "StoreError",
     "close_counter_stores",

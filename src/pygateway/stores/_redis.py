@@ -191,26 +191,27 @@ class RedisConnection:
     async def _open(self) -> _Host:
         host = self._host
         if host is None or host.ended:
-            host = self._host = await self._new_host()
-        else:
-            await host.ready.wait()
+            # Set before waiting: the calls that come meanwhile wait for this host.
+            host = self._host = self._new_host()
+            await host.open()
+        await host.ready.wait()
         if isinstance(host.error, StoreError):
             raise host.error
         if host.error is not None:
             raise StoreError(f"Redis at {self.config.address}: {_describe(host.error)}")
         return host
 
-    async def _new_host(self) -> _Host:
+    def _new_host(self) -> _Host:
+        """A host for the client: in a task of the gateway's when it lends one (the task
+        is spawned now and opens the client), else in a thread (`open` starts it)."""
         if self._gateway is not None:
             task_host = _TaskHost(self)
             if self._gateway.spawn(task_host.own, same_loop=True):
-                await task_host.ready.wait()
                 return task_host
-        thread_host = _ThreadHost(self)
-        await thread_host.open()
-        return thread_host
+        return _ThreadHost(self)
 
     def make_client(self) -> RedisClient:
+        """A new client for this connection's Redis (its host opens and closes it)."""
         return RedisClient(self.config, self.max_connections)
 
     async def aclose(self) -> None:
@@ -341,6 +342,10 @@ class _Host:
         #: The owning task ended: the next operation needs a new host.
         self.ended = False
 
+    async def open(self) -> None:
+        """Start opening the client (`ready` is set when it is open, or failed)."""
+        return None
+
     async def call(self, op: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         raise NotImplementedError
 
@@ -417,8 +422,10 @@ class _ThreadHost(_Host):
         portal, client = self.portal, self.client
         assert portal is not None
         assert client is not None
+        # Abandoned on cancellation (a caller's timeout): the operation finishes in the
+        # thread's loop, and its worker thread returns then.
         return await anyio.to_thread.run_sync(
-            lambda: portal.call(op, client, *args), limiter=self.limiter
+            lambda: portal.call(op, client, *args), limiter=self.limiter, abandon_on_cancel=True
         )
 
     async def aclose(self) -> None:

@@ -47,5 +47,5 @@ async def close_counter_stores(gateway: Gateway) -> None:
     """Close `gateway`'s connections to stores (closing the gateway does). Local counters
     are kept: they are the process's, not a connection's."""
     for key, store in list(gateway.shared.items()):
-        if isinstance(key, tuple) and key[0] == _KEY:
+        if isinstance(key, tuple) and key[:1] == (_KEY,):
             await store.aclose()

@@ -55,7 +55,9 @@ class TokenStore:
         return time.time()
 
     async def aclose(self) -> None:
-        """Release the store's resources (connections)."""
+        """Release the store's resources (connections). The gateway calls it when it
+        closes; a gateway may start again, so the store must work again afterwards
+        (reconnect on its next use)."""
         return None
 
 

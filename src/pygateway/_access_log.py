@@ -12,9 +12,10 @@ in `record.access` (a dict, see `access_fields`), for `pygateway.logging.JsonFor
 any formatter of yours.
 
 Nothing is built unless the logger is enabled for INFO (the gateway checks that first, so a
-disabled access log costs one call per request). Handlers run in the request's task after
-the response was sent: for slow destinations, put a `logging.handlers.QueueHandler` in
-front of them.
+disabled access log costs one call per request). Handlers run after the response was sent,
+but synchronously, on the event loop: a handler that blocks (a full pipe, a network
+destination) stalls every request of the process. For anything slower than a local stream,
+put a `logging.handlers.QueueHandler` in front of them.
 """
 
 from __future__ import annotations

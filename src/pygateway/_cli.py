@@ -83,6 +83,7 @@ def _serve(
     workers: int,
     log_level: str,
     status: tuple[Any, int] | None = None,
+    log_config: dict[str, Any] | None = None,
 ) -> int:
     try:
         import uvicorn
@@ -91,7 +92,7 @@ def _serve(
         return 2
     status_server = _start_status(status[0], status[1], log_level) if status is not None else None
     try:
-        return _run(uvicorn, app, host, port, workers, log_level)
+        return _run(uvicorn, app, host, port, workers, log_level, log_config)
     finally:
         if status_server is not None:
             status_server.should_exit = True
@@ -121,7 +122,15 @@ def _start_status(app: Any, port: int, log_level: str) -> Any:
     return server
 
 
-def _run(uvicorn: Any, app: Any, host: str, port: int, workers: int, log_level: str) -> int:
+def _run(
+    uvicorn: Any,
+    app: Any,
+    host: str,
+    port: int,
+    workers: int,
+    log_level: str,
+    log_config: dict[str, Any] | None = None,
+) -> int:
     options: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -131,11 +140,58 @@ def _run(uvicorn: Any, app: Any, host: str, port: int, workers: int, log_level: 
         "server_header": False,
         "access_log": False,
     }
+    if log_config is not None:
+        # uvicorn applies it in every worker process too.
+        options["log_config"] = log_config
     if workers > 1:
         uvicorn.run("pygateway._cli:app_from_env", factory=True, workers=workers, **options)
     else:
         uvicorn.run(app, **options)
     return 0
+
+
+def _log_config(log_format: str, access_log: bool, log_level: str) -> dict[str, Any]:
+    """The logging of `pygateway run`: uvicorn's lines and the gateway's (`pygateway.*`) on
+    stderr, the access log (`pygateway.access`, one line per request) on stdout; as text
+    (uvicorn's style) or as JSON lines. uvicorn's own access log stays off: the gateway's
+    replaces it. `--log-level warning` silences the access log, as it does uvicorn's."""
+    if log_format == "json":
+        formatter: dict[str, Any] = {"()": "pygateway.logging.JsonFormatter"}
+    else:
+        formatter = {
+            "()": "uvicorn.logging.DefaultFormatter",
+            "fmt": "%(levelprefix)s %(message)s",
+            "use_colors": None,
+        }
+    level = log_level.upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        # uvicorn expects both names (it sets `use_colors` on them).
+        "formatters": {"default": formatter, "access": dict(formatter)},
+        "handlers": {
+            "default": {
+                "class": "logging.StreamHandler",
+                "formatter": "default",
+                "stream": "ext://sys.stderr",
+            },
+            "access": {
+                "class": "logging.StreamHandler",
+                "formatter": "access",
+                "stream": "ext://sys.stdout",
+            },
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["default"], "level": "INFO", "propagate": False},
+            "uvicorn.error": {"level": "INFO"},
+            "pygateway": {"handlers": ["default"], "level": level, "propagate": False},
+            "pygateway.access": {
+                "handlers": ["access"],
+                "level": level if access_log else "WARNING",
+                "propagate": False,
+            },
+        },
+    }
 
 
 def _bind_error(host: str, port: int) -> str | None:
@@ -168,6 +224,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--workers", type=int, default=1)
     run.add_argument("--trusted-ips", default="", help="comma-separated IPs/CIDRs")
     run.add_argument("--log-level", default="info")
+    run.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="log every request on stdout (the pygateway.access logger; default: on)",
+    )
+    run.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="text lines, or one JSON object per line (default: text)",
+    )
     run.add_argument(
         "--status-port",
         type=int,
@@ -247,4 +315,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigurationError as exc:
             print(f"pygateway: --status-port: {exc}", file=sys.stderr)
             return 2
-    return _serve(app, host, port, args.workers, args.log_level, status)
+    log_config = _log_config(args.log_format, args.access_log, args.log_level)
+    return _serve(app, host, port, args.workers, args.log_level, status, log_config)

@@ -316,8 +316,9 @@ class Context:
         self.response: ResponseState | None = None
         #: True once the last part of the response was handed to the server.
         self.response_sent = False
-        #: Response body bytes handed to the server (known in the log phase).
-        self.response_body_sent = 0
+        #: Response body bytes the server took, None if it took no response head (set
+        #: for the log phase).
+        self.response_body_sent: int | None = None
         self.upstream_status: int | None = None
         #: Shared by every plugin during this request (Kong's `kong.ctx.shared`).
         self.shared: dict[str, Any] = {}
@@ -345,7 +346,8 @@ class Context:
         headers and the body bytes read (the head as HTTP/1.1 frames it: ASGI servers do
         not tell how many bytes they read)."""
         request = self.request
-        size = len(request.method) + len(request.raw_path) + 11 + len(request.http_version)
+        # "GET /path HTTP/1.1\r\n"
+        size = len(request.method) + len(request.raw_path) + 9 + len(request.http_version)
         if request.query_string:
             size += len(request.query_string) + 1
         size += sum(len(k) + len(v) + 4 for k, v in request.headers.raw) + 2
@@ -354,9 +356,10 @@ class Context:
     @property
     def response_size(self) -> int:
         """The response's bytes, as nginx's `bytes_sent` counts them: status line, headers
-        and the body bytes sent (0 when no response was sent). Exact in the log phase."""
+        and the body bytes sent, also when the client left halfway (0 when no response
+        head was sent). Known in the log phase."""
         response = self.response
-        if response is None or not self.response_sent:
+        if response is None or self.response_body_sent is None:
             return 0
         size = 17 + sum(len(k) + len(v) + 4 for k, v in response.headers.raw) + 2
         return size + self.response_body_sent

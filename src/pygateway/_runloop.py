@@ -115,7 +115,8 @@ async def handle_http(
             if ctx.shared.get("client_disconnected") and not downstream.delivered:
                 ctx.response = ResponseState(499, Headers(), "error")
             ctx.latencies["request"] = _ms(started)
-            ctx.response_body_sent = downstream.body_sent
+            if downstream.delivered:
+                ctx.response_body_sent = downstream.body_sent
             await _log(ctx, collected)
             if access_logger.isEnabledFor(logging.INFO):
                 log_access(ctx)

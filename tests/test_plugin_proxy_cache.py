@@ -437,6 +437,32 @@ async def test_response_headers_can_be_switched_off() -> None:
     assert "x-cache-key" not in hit.headers
 
 
+async def test_the_entry_is_stored_only_after_the_response_was_sent() -> None:
+    sent: list[dict[str, Any]] = []
+    seen_at_store: list[list[dict[str, Any]]] = []
+
+    class WatchedStore(MemoryCacheStore):
+        async def set(self, key: str, entry: Any, storage_ttl: float) -> bool:
+            seen_at_store.append(list(sent))
+            return await super().set(key, entry, storage_ttl)
+
+    gateway, _ = gateway_with(ProxyCache(), store=WatchedStore())
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        async def watched_send(message: dict[str, Any]) -> None:
+            sent.append(message)
+            await send(message)
+
+        await gateway(scope, receive, watched_send)
+
+    async with client(app) as c:
+        await c.get("/a")
+        assert (await c.get("/a")).headers["x-cache-status"] == "Hit"
+    (at_store,) = seen_at_store
+    last = at_store[-1]
+    assert (last["type"], last.get("more_body", False)) == ("http.response.body", False)
+
+
 # -- purge -------------------------------------------------------------------------------
 
 
@@ -445,11 +471,11 @@ async def test_purge_drops_one_entry_and_purge_all_every_one() -> None:
     async with client(gateway) as c:
         key_a = (await c.get("/a")).headers["x-cache-key"]
         await c.get("/b")
-        assert purge(gateway, key_a) is True
-        assert purge(gateway, key_a) is False
+        assert await purge(gateway, key_a) is True
+        assert await purge(gateway, key_a) is False
         assert (await c.get("/a")).headers["x-cache-status"] == "Miss"
         assert (await c.get("/b")).headers["x-cache-status"] == "Hit"
-        purge_all(gateway)
+        await purge_all(gateway)
         assert (await c.get("/b")).headers["x-cache-status"] == "Miss"
     assert len(cache_store(gateway)) == 1  # /b, stored again
     assert len(engine.requests) == 4
@@ -507,7 +533,8 @@ def test_declarative_config_round_trips() -> None:
 @pytest.mark.parametrize(
     ("config", "path", "message"),
     [
-        ({"strategy": "redis"}, "strategy", "expected one of: memory"),
+        ({"strategy": "disk"}, "strategy", "expected one of: memory, redis"),
+        ({"strategy": "redis"}, "redis.host", "required field missing"),
         ({"cache_ttl": 0}, "cache_ttl", "value must be greater than 0"),
         ({"response_code": []}, "response_code", "length must be at least 1"),
         ({"response_code": [99]}, "response_code", "value should be between 100 and 900"),

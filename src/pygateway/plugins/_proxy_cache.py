@@ -4,15 +4,24 @@ access looks the request up: a fresh entry answers at once (`X-Cache-Status: Hit
 upstream call); otherwise the request goes on (`Miss`, or `Refresh` for a stale entry).
 header_filter decides whether the upstream's response may be stored, and only then does
 body_filter collect its body, up to `max_body_size` (beyond it, storing is given up: the
-response is never buffered). Stricter than Kong, so that a shared cache never leaks one
-client's response to another: the upstream's `Vary` is honoured, a response with
-`Set-Cookie` or `Cache-Control: private|no-store` is never stored, and a request carrying
-`Authorization` or `Cookie` is not served from an entry shared by several clients.
+response is never buffered). The entry is written in the log phase, once the response was
+sent, so a slow store never delays it.
+
+Entries live in memory (`strategy="memory"`) or in a Redis every worker and node shares
+(`strategy="redis"`, Kong Enterprise's). A Redis that cannot be reached never fails a
+request: it goes upstream, and is stored nowhere (see `ProxyCache`'s `bypass_on_err`).
+
+Stricter than Kong, so that a shared cache never leaks one client's response to another:
+the upstream's `Vary` is honoured, a response with `Set-Cookie` or
+`Cache-Control: private|no-store` is never stored, and a request carrying `Authorization`
+or `Cookie` is not served from an entry shared by several clients.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -22,23 +31,30 @@ from urllib.parse import parse_qsl
 
 import attrs
 
+from .._exceptions import ConfigurationError, PathPart
 from .._responses import Response
 from .._schema import FrozenMap, Record, field
+from ..stores import RedisConfig, StoreError
 from ._base import Plugin
 from ._cache_store import (
     DEFAULT_DICTIONARY,
     CachedResponse,
+    CacheStore,
     cache_store,
     purge,
     purge_all,
+    redis_cache_store,
 )
 from ._registry import register
 
 if TYPE_CHECKING:
     from .._context import Context
+    from .._gateway import Gateway
     from .._headers import Headers
 
 __all__ = ["Memory", "ProxyCache", "purge", "purge_all"]
+
+logger = logging.getLogger("pygateway.plugins.proxy_cache")
 
 _RESPONSE_HEADERS = ("age", "X-Cache-Status", "X-Cache-Key")
 # Never stored: framing, the gateway's per-request headers, and the cache's own.
@@ -84,12 +100,20 @@ class Memory(Record):
 
 @attrs.frozen(kw_only=True)
 class ProxyCache(Plugin):
-    """Cache upstream responses in memory and answer repeated requests from it.
+    """Cache upstream responses and answer repeated requests from the cache.
 
-    `ProxyCache(strategy="memory", cache_ttl=60, content_type=["application/json"])`.
-    Only `memory` is available as `strategy`. Entries go to the gateway's store named by
-    `memory.dictionary_name` (see `cache_store` for its bounds); `purge(gateway, key)` and
-    `purge_all(gateway)` drop entries.
+        ProxyCache(cache_ttl=60, content_type=["application/json"])
+        ProxyCache(strategy="redis", redis={"host": "redis.internal"}, bypass_on_err=True)
+
+    With `strategy="memory"` entries go to the gateway's store named by
+    `memory.dictionary_name` (see `MemoryCacheStore` for its bounds); with `"redis"`, to
+    the Redis `redis` names (Kong's redis record), shared by every gateway using it.
+    `await purge(gateway, key)` and `await purge_all(gateway)` drop entries.
+
+    When Redis cannot be reached (or answers a lookup later than `redis.timeout`), the
+    request goes upstream and nothing is stored; the error is logged once per 30 s. With
+    `bypass_on_err` the client sees `X-Cache-Status: Bypass`; without it (the default) no
+    cache header at all, as with Kong's proxy-cache when its store fails. Never a 5xx.
 
     pygateway's fields beyond Kong's: `max_body_size` (bytes; a larger body is passed on but
     not stored) and `cache_authorized` (serve requests carrying Authorization or Cookie from
@@ -99,7 +123,7 @@ class ProxyCache(Plugin):
     name = "proxy-cache"
     priority = 100
 
-    strategy: Literal["memory"] = "memory"
+    strategy: Literal["memory", "redis"] = "memory"
     response_code: Sequence[int] = field((200, 301, 404), check=_check_codes)
     request_method: Sequence[Literal["HEAD", "GET", "POST", "PATCH", "PUT"]] = field(
         ("GET", "HEAD"), check=_non_empty
@@ -115,6 +139,8 @@ class ProxyCache(Plugin):
         FrozenMap((k, True) for k in _RESPONSE_HEADERS), check=_check_response_headers
     )
     memory: Memory = attrs.field(factory=Memory)
+    redis: RedisConfig = attrs.field(factory=RedisConfig)
+    bypass_on_err: bool = False
     max_body_size: int = field(1024 * 1024, check=_positive)
     cache_authorized: bool = False
 
@@ -128,6 +154,25 @@ class ProxyCache(Plugin):
         if self.vary_headers is not None:
             object.__setattr__(self, "vary_headers", tuple(h.lower() for h in self.vary_headers))
         object.__setattr__(self, "_content_types", tuple(_media_type(t) for t in self.content_type))
+        errors: list[tuple[tuple[PathPart, ...], str]] = []
+        if self.strategy == "redis":
+            if not self.redis.host:
+                errors.append((("redis", "host"), "required field missing"))
+            if importlib.util.find_spec("coredis") is None:
+                errors.append(
+                    (
+                        ("strategy",),
+                        "the redis strategy needs coredis >= 6: install pygateway[redis]",
+                    )
+                )
+        if errors:
+            raise ConfigurationError(errors=errors)
+
+    def store(self, gateway: Gateway) -> CacheStore:
+        """The store this configuration caches in (per gateway, per dictionary or Redis)."""
+        if self.strategy == "redis":
+            return redis_cache_store(gateway, self.redis)
+        return cache_store(gateway, self.memory.dictionary_name)
 
     def _show(self, header: str) -> bool:
         return bool(self.response_headers.get(header, True))
@@ -150,9 +195,18 @@ class ProxyCache(Plugin):
             return None
         # A HEAD is answered from the GET's entry (a HEAD response has no body to store).
         key = self.cache_key(ctx, "GET" if method == "HEAD" else method)
+        store = self.store(ctx.gateway)
+        try:
+            entry = await store.get(key)
+        except StoreError as exc:
+            store.report_failure(
+                logger, f"proxy-cache could not look up a response ({store!r})", exc
+            )
+            if self.bypass_on_err:
+                state["key"] = key
+                state["status"] = "Bypass"
+            return None
         state["key"] = key
-        store = cache_store(ctx.gateway, self.memory.dictionary_name)
-        entry = store.get(key)
         if entry is None or not _vary_matches(entry, request.headers):
             if self.cache_control and "only-if-cached" in cc:
                 return Response(504, json={"message": "Gateway Timeout"})
@@ -297,10 +351,21 @@ class ProxyCache(Plugin):
             collected.append(chunk)
         if last:
             state["collect"] = None
-            self._store(ctx, b"".join(collected), state["key"], state["ttl"])
+            state["entry"] = self._entry(ctx, b"".join(collected), state["ttl"])
         return chunk
 
-    def _store(self, ctx: Context, body: bytes, key: str, ttl: float) -> None:
+    async def log(self, ctx: Context) -> None:
+        # The response was sent: now the entry may take its time to reach the store.
+        entry: CachedResponse | None = ctx.plugin_state.pop("entry", None)
+        if entry is None:
+            return
+        store = self.store(ctx.gateway)
+        try:
+            await store.set(ctx.plugin_state["key"], entry, self.storage_ttl or entry.ttl)
+        except StoreError as exc:
+            store.report_failure(logger, f"proxy-cache could not store a response ({store!r})", exc)
+
+    def _entry(self, ctx: Context, body: bytes, ttl: float) -> CachedResponse:
         response = ctx.response
         assert response is not None
         headers = tuple(
@@ -317,17 +382,14 @@ class ProxyCache(Plugin):
             }
         )
         vary = tuple((n, ",".join(ctx.request.headers.getlist(n))) for n in vary_names)
-        store = cache_store(ctx.gateway, self.memory.dictionary_name)
-        entry = CachedResponse(
+        return CachedResponse(
             status_code=response.status_code,
             headers=headers,
             body=body,
-            stored_at=store.clock(),
+            stored_at=self.store(ctx.gateway).clock(),
             ttl=ttl,
             vary=vary,
         )
-        storage_ttl = self.storage_ttl or ttl
-        store.set(key, entry, storage_ttl)
 
 
 def _personal(headers: Headers) -> bool:

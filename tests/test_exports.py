@@ -8,12 +8,14 @@ from types import ModuleType
 import pytest
 
 import pygateway
+import pygateway.admin
 import pygateway.balancers
 import pygateway.engines
 import pygateway.plugins
 import pygateway.stores
 
 EXPECTED = {
+    pygateway.admin: ["AdminAPI"],
     pygateway: [
         "BasicAuthCredential",
         "CACertificate",

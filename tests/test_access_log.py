@@ -329,6 +329,25 @@ def formatted(formatter: logging.Formatter, emit: Any) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]
 
 
+def test_a_header_with_undecodable_bytes_is_still_logged_as_json(
+    records: list[logging.LogRecord],
+) -> None:
+    gateway = gateway_with()
+
+    async def run() -> None:
+        await call_asgi(gateway, "/orders", headers=[(b"user-agent", b"evil\xff")])
+
+    anyio.run(run)
+    [record] = records
+    stream = io.BytesIO()
+    handler = logging.StreamHandler(io.TextIOWrapper(stream, encoding="utf-8", write_through=True))
+    handler.setFormatter(JsonFormatter())
+    handler.handleError = lambda record: pytest.fail("the record could not be written")  # type: ignore[method-assign]
+    handler.emit(record)
+    line = json.loads(stream.getvalue())
+    assert line["user_agent"].startswith("evil")
+
+
 async def test_json_lines_carry_the_access_fields_at_the_top_level(
     records: list[logging.LogRecord],
 ) -> None:

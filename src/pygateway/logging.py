@@ -78,9 +78,14 @@ class JsonFormatter(logging.Formatter):
         self.ensure_ascii = ensure_ascii
 
     def format(self, record: logging.LogRecord) -> str:
-        return _json.dumps(
+        text = _json.dumps(
             self.as_dict(record), default=self.default, ensure_ascii=self.ensure_ascii
         )
+        if not text.isascii():
+            # Header values keep undecodable bytes as lone surrogates, which no stream can
+            # encode: a client sending one must not get its request left out of the log.
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        return text
 
     def as_dict(self, record: logging.LogRecord) -> dict[str, Any]:
         """The record as the dict that `format` serializes."""

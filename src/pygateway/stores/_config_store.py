@@ -132,7 +132,13 @@ class MemoryConfigStore(ConfigStore):
         # Serialized first (as the other stores do): a document that is not JSON-able
         # fails before anything changes, and what is kept is a copy.
         staged = [
-            (c.kind, c.id, None if c.document is None else json.loads(json.dumps(c.document)))
+            (
+                c.kind,
+                c.id,
+                None
+                if c.document is None
+                else json.loads(json.dumps(c.document, allow_nan=False)),  # as SQL stores
+            )
             for c in changes
         ]
         for kind, id_, document in staged:

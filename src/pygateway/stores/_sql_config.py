@@ -51,6 +51,8 @@ T = TypeVar("T")
 SCHEMES = ("memory://", "sqlite:///", "postgresql://", "postgres://")
 
 _PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: PostgreSQL: how long a statement, or data sent and not acknowledged, may take (ms).
+STALL_TIMEOUT_MS = 15_000
 
 # One staged change: kind, id, and the document as JSON text (None: delete).
 _Staged = tuple[str, str, str | None]
@@ -93,7 +95,13 @@ def open_config_store(url: str, *, prefix: str = "pygateway_") -> ConfigStore:
         return PostgresConfigStore(url, prefix=prefix)
     # Only the scheme, or a URL without credentials, is shown: a mistyped URL may hold a
     # password ("postgresql:/user:pw@host").
-    shown = f"{scheme}://" if scheme else repr(url) if "@" not in url else "without a scheme"
+    shown = (
+        f"{scheme}://"
+        if scheme
+        else repr(url)
+        if "@" not in url and "=" not in url  # a conninfo may hold "password=..."
+        else "without a scheme"
+    )
     raise ValueError(f"unknown configuration store {shown}: use one of {', '.join(SCHEMES)}")
 
 
@@ -150,7 +158,9 @@ class _SQLConfigStore(ConfigStore):
     # -- in the worker thread -----------------------------------------------------------------
 
     async def _call(self, operation: Callable[[Any], T]) -> T:
-        return await anyio.to_thread.run_sync(self._run, operation)
+        # Abandoned when the caller is cancelled (its timeout): the thread finishes the
+        # operation (bounded by the driver's timeouts) while the caller goes on.
+        return await anyio.to_thread.run_sync(self._run, operation, abandon_on_cancel=True)
 
     def _run(self, operation: Callable[[Any], T]) -> T:
         with self._lock:
@@ -215,7 +225,12 @@ class _SQLConfigStore(ConfigStore):
         )
 
     def _revision(self, conn: Any) -> int:
-        return int(conn.execute(self._sql("SELECT revision FROM {p}revision")).fetchone()[0])
+        row = conn.execute(self._sql("SELECT revision FROM {p}revision")).fetchone()
+        if row is None:
+            raise StoreError(
+                f"{self._database} at {self.url}: its {self.prefix}revision row is gone"
+            )
+        return int(row[0])
 
     def _load(self, conn: Any) -> StoredConfig:
         def read() -> StoredConfig:
@@ -342,7 +357,8 @@ class PostgresConfigStore(_SQLConfigStore):
         try:
             params = conninfo_to_dict(conninfo)
         except psycopg.Error as exc:
-            raise ValueError(f"not a valid PostgreSQL connection string: {exc}") from None
+            # Not libpq's text: it may repeat the whole string, password included.
+            raise ValueError("not a valid PostgreSQL connection string") from exc
         self._conninfo = conninfo
         self._password = str(params.get("password") or "")
         self._connect_timeout = None if "connect_timeout" in params else connect_timeout
@@ -350,12 +366,28 @@ class PostgresConfigStore(_SQLConfigStore):
 
     def _connect(self) -> Any:
         import psycopg
-        from psycopg.conninfo import make_conninfo
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
         conninfo = self._conninfo
         if self._connect_timeout is not None:
             timeout = max(1, round(self._connect_timeout))
             conninfo = make_conninfo(conninfo, connect_timeout=timeout)
+        # A server or network that stalls must not hold the store (and every caller
+        # queued behind its one connection) for ever: statements and unacknowledged
+        # sends time out, and dead peers are noticed by keepalives.
+        given = conninfo_to_dict(conninfo)
+        defaults = {
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "tcp_user_timeout": STALL_TIMEOUT_MS,
+        }
+        extra: dict[str, Any] = {k: v for k, v in defaults.items() if k not in given}
+        options = str(given.get("options") or "")
+        if "statement_timeout" not in options:
+            extra["options"] = f"{options} -c statement_timeout={STALL_TIMEOUT_MS}".strip()
+        conninfo = make_conninfo(conninfo, **extra)
         # autocommit: psycopg begins nothing on its own; transactions are ours (BEGIN ...).
         return psycopg.connect(conninfo, autocommit=True)
 

@@ -15,7 +15,7 @@ import pygateway.plugins
 import pygateway.stores
 
 EXPECTED = {
-    pygateway.admin: ["AdminAPI"],
+    pygateway.admin: ["AdminAPI", "FollowingGateway"],
     pygateway: [
         "BasicAuthCredential",
         "CACertificate",

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import anyio
+
 from ._exceptions import ConfigurationError
 from ._version import __version__
 
@@ -17,10 +19,12 @@ __all__ = ["main"]
 _CONFIG_ENV = "PYGATEWAY_CONFIG"
 _TRUSTED_ENV = "PYGATEWAY_TRUSTED_IPS"
 _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_STORE_ENV = "PYGATEWAY_STORE"
+_ADMIN_TOKEN_ENV = "PYGATEWAY_ADMIN_TOKEN"
 
 
-def app_from_env() -> Any:
-    """The gateway `pygateway run` serves (a factory, so every worker builds its own)."""
+def gateway_from_env() -> Any:
+    """The gateway of `pygateway run`'s declarative file (or an empty one)."""
     from ._gateway import Gateway
 
     path = os.environ.get(_CONFIG_ENV)
@@ -28,6 +32,19 @@ def app_from_env() -> Any:
     if path:
         return Gateway.from_config(path, trusted_ips=trusted)
     return Gateway(trusted_ips=trusted)
+
+
+def app_from_env() -> Any:
+    """The app `pygateway run` serves (a factory, so every worker builds its own): the
+    gateway, following the configuration store when one is given (`--store`)."""
+    gateway = gateway_from_env()
+    store_url = os.environ.get(_STORE_ENV)
+    if not store_url or store_url == "memory://":
+        return gateway
+    from .admin import FollowingGateway
+    from .stores import open_config_store
+
+    return FollowingGateway(gateway, open_config_store(store_url))
 
 
 def demo_gateway() -> Any:
@@ -84,6 +101,8 @@ def _serve(
     log_level: str,
     status: tuple[Any, int] | None = None,
     log_config: dict[str, Any] | None = None,
+    admin: tuple[Any, str, int] | None = None,
+    ssl: dict[str, str] | None = None,
 ) -> int:
     try:
         import uvicorn
@@ -91,18 +110,25 @@ def _serve(
         print("pygateway: serving needs uvicorn: pip install 'pygateway[server]'", file=sys.stderr)
         return 2
     status_server = _start_status(status[0], status[1], log_level) if status is not None else None
+    admin_server = None
+    if admin is not None and workers > 1:
+        # The supervisor serves it; the workers follow the store it writes to.
+        admin_server = _start_status(admin[0], admin[2], log_level, host=admin[1])
+        admin = None
     try:
-        return _run(uvicorn, app, host, port, workers, log_level, log_config)
+        return _run(uvicorn, app, host, port, workers, log_level, log_config, admin, ssl)
     finally:
-        if status_server is not None:
-            status_server.should_exit = True
+        for server in (status_server, admin_server):
+            if server is not None:
+                server.should_exit = True
 
 
-def _start_status(app: Any, port: int, log_level: str) -> Any:
+def _start_status(app: Any, port: int, log_level: str, host: str = "127.0.0.1") -> Any:
     """Serve the status app (/metrics) on 127.0.0.1:port from a thread of this process.
 
     With workers, this is the supervisor: it has no gateway, and serves what the workers
-    wrote to PROMETHEUS_MULTIPROC_DIR. Its event loop is its own; it only reads.
+    wrote to PROMETHEUS_MULTIPROC_DIR. Its event loop is its own; it only reads. (The
+    Admin API is served the same way by a supervisor: its gateway serves no traffic.)
     """
     import threading
 
@@ -110,7 +136,7 @@ def _start_status(app: Any, port: int, log_level: str) -> Any:
 
     config = uvicorn.Config(
         app,
-        host="127.0.0.1",
+        host=host,
         port=port,
         log_level=log_level,
         lifespan="on",
@@ -130,6 +156,8 @@ def _run(
     workers: int,
     log_level: str,
     log_config: dict[str, Any] | None = None,
+    admin: tuple[Any, str, int] | None = None,
+    ssl: dict[str, str] | None = None,
 ) -> int:
     options: dict[str, Any] = {
         "host": host,
@@ -144,10 +172,48 @@ def _run(
         # uvicorn applies it in every worker process too.
         options["log_config"] = log_config
     if workers > 1:
-        uvicorn.run("pygateway._cli:app_from_env", factory=True, workers=workers, **options)
+        uvicorn.run(
+            "pygateway._cli:app_from_env", factory=True, workers=workers, **options, **(ssl or {})
+        )
+    elif admin is None:
+        uvicorn.run(app, **options, **(ssl or {}))
     else:
-        uvicorn.run(app, **options)
+        _run_with_admin(uvicorn, uvicorn.Config(app, **options, **(ssl or {})), admin)
     return 0
+
+
+def _run_with_admin(uvicorn: Any, config: Any, admin: tuple[Any, str, int]) -> None:
+    """Serve the gateway and the Admin API from one event loop: the Admin API's writes
+    reconfigure the gateway on the loop that serves it."""
+    import asyncio
+
+    app, host, port = admin
+    admin_config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="off",
+        access_log=False,
+        server_header=False,
+        log_config=None,
+        log_level=config.log_level,
+    )
+    main_server, admin_server = uvicorn.Server(config), uvicorn.Server(admin_config)
+
+    async def both() -> None:
+        # The admin server runs without uvicorn's signal handling (`_serve`): the main
+        # one handles Ctrl+C / SIGTERM, and the admin one stops with it.
+        admin_task = asyncio.ensure_future(admin_server._serve())
+        try:
+            await main_server.serve()
+        finally:
+            admin_server.should_exit = True
+            await admin_task
+
+    try:
+        asyncio.run(both())
+    except KeyboardInterrupt:
+        pass
 
 
 def _log_config(log_format: str, access_log: bool, log_level: str) -> dict[str, Any]:
@@ -241,6 +307,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         help="serve /metrics on 127.0.0.1:STATUS_PORT (needs pygateway[prometheus])",
     )
+    run.add_argument("--admin-port", type=int, help="serve the Admin API on this port")
+    run.add_argument(
+        "--admin-host", default="127.0.0.1", help="the Admin API's address (default: 127.0.0.1)"
+    )
+    run.add_argument(
+        "--admin-token",
+        default=os.environ.get(_ADMIN_TOKEN_ENV),
+        help=f"require this token on Admin API requests (default: ${_ADMIN_TOKEN_ENV})",
+    )
+    run.add_argument(
+        "--admin-read-only", action="store_true", help="the Admin API answers reads only"
+    )
+    run.add_argument(
+        "--store",
+        default="memory://",
+        help="where the configuration is kept: memory:// (default), sqlite:///PATH or "
+        "postgresql://...; with a store, every worker follows its changes",
+    )
+    run.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
+    run.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
 
     demo = sub.add_parser("demo", help="serve a demo gateway in front of an echo upstream")
     demo.add_argument("--host", default="127.0.0.1")
@@ -252,8 +338,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("file")
     show = config_sub.add_parser("show", help="print a file as pygateway understood it")
     show.add_argument("file")
+    export = config_sub.add_parser(
+        "export", help="print a store's configuration in Kong's declarative format"
+    )
+    export.add_argument("--store", required=True, help="sqlite:///PATH or postgresql://...")
+    importer = config_sub.add_parser(
+        "import", help="replace a store's configuration with a file's (validated first)"
+    )
+    importer.add_argument("file")
+    importer.add_argument("--store", required=True, help="sqlite:///PATH or postgresql://...")
 
     args = parser.parse_args(argv)
+    if args.command == "config" and args.config_command in ("export", "import"):
+        return _store_command(args)
     if args.command == "config":
         from ._config import dump, load
 
@@ -316,4 +413,104 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"pygateway: --status-port: {exc}", file=sys.stderr)
             return 2
     log_config = _log_config(args.log_format, args.access_log, args.log_level)
-    return _serve(app, host, port, args.workers, args.log_level, status, log_config)
+    ssl = None
+    if args.ssl_certfile or args.ssl_keyfile:
+        if not (args.ssl_certfile and args.ssl_keyfile):
+            print("pygateway: --ssl-certfile and --ssl-keyfile go together", file=sys.stderr)
+            return 1
+        ssl = {"ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile}
+    admin = None
+    if args.store != "memory://" or args.admin_port is not None:
+        prepared = _prepare_store(args, app, port)
+        if isinstance(prepared, int):
+            return prepared
+        app, admin = prepared
+    return _serve(app, host, port, args.workers, args.log_level, status, log_config, admin, ssl)
+
+
+def _prepare_store(args: Any, gateway: Any, port: int) -> tuple[Any, Any] | int:
+    """For `run --store/--admin-port`: the app to serve and the Admin API to serve beside
+    it (host, port), after checking the store answers; or an exit status."""
+    from .admin import AdminAPI, FollowingGateway
+    from .stores import StoreError, open_config_store
+
+    try:
+        store = open_config_store(args.store)
+    except (ValueError, StoreError) as exc:
+        print(f"pygateway: --store: {exc}", file=sys.stderr)
+        return 1
+    admin_port = args.admin_port
+    if admin_port is not None:
+        problem = _bind_error(args.admin_host, admin_port)
+        if admin_port == port:
+            problem = "the same port as --port"
+        if problem is None and args.workers > 1 and args.store == "memory://":
+            problem = (
+                "with --workers, the Admin API needs a store every worker reads: "
+                "--store sqlite:///PATH or postgresql://..."
+            )
+        if problem is not None:
+            print(f"pygateway: --admin-port {admin_port}: {problem}", file=sys.stderr)
+            return 1
+    os.environ[_STORE_ENV] = args.store
+    following = FollowingGateway(gateway, store)
+    try:
+        # The store's configuration wins; an empty store gets the file's.
+        anyio.run(following.sync)
+        anyio.run(store.aclose)
+    except StoreError as exc:
+        print(f"pygateway: --store: {exc}", file=sys.stderr)
+        return 1
+    except ConfigurationError as exc:
+        print(f"pygateway: the configuration in {store.url} is invalid: {exc}", file=sys.stderr)
+        return 1
+    app = gateway if args.store == "memory://" else following
+    if admin_port is None:
+        return app, None
+    if args.workers > 1:
+        # The supervisor's gateway serves no traffic: it checks what the Admin API writes.
+        gateway = gateway_from_env()
+    api = AdminAPI(gateway, store, token=args.admin_token, read_only=args.admin_read_only)
+    return app, (api, args.admin_host, admin_port)
+
+
+def _store_command(args: Any) -> int:
+    """`config export` (a store's configuration, as Kong's declarative JSON) and `config
+    import` (a file into a store, replacing what it held, validated first)."""
+    from ._config import dump, load
+    from .admin._model import configuration, documents
+    from .stores import StoreError, open_config_store
+
+    async def export(store: Any) -> dict[str, Any]:
+        try:
+            return dump(configuration((await store.load()).entities))
+        finally:
+            await store.aclose()
+
+    async def import_(store: Any, entities: Any) -> int:
+        try:
+            return int(await store.replace(entities, expected=await store.revision()))
+        finally:
+            await store.aclose()
+
+    try:
+        store = open_config_store(args.store)
+        if args.config_command == "export":
+            text = json.dumps(anyio.run(export, store), indent=2)
+            try:
+                print(text)
+            except BrokenPipeError:  # `pygateway config export | head`
+                sys.stderr.close()
+            return 0
+        revision = anyio.run(import_, store, documents(load(args.file)))
+    except (ValueError, StoreError) as exc:
+        print(f"pygateway: --store: {exc}", file=sys.stderr)
+        return 1
+    except ConfigurationError as exc:
+        source = args.file if args.config_command == "import" else store.url
+        print(f"pygateway: {source} is invalid:", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    print(f"{args.file}: imported into {store.url} (revision {revision})")
+    return 0

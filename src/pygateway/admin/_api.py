@@ -43,6 +43,7 @@ from ._errors import ApiError, not_found
 from ._info import configuration_hash, declarative, node_info, schema
 from ._kinds import Kind, kinds, looks_like_id
 from ._model import Entities, InvalidEntities, configuration, documents, now
+from ._openapi import openapi
 from ._paging import page
 
 __all__ = ["AdminAPI"]
@@ -174,6 +175,8 @@ class AdminAPI:
                 if method == "POST":
                     return await self.post_config(request)
                 return _only(method, "GET", lambda: Response(200, self.get_config()))
+            case ("openapi.json",):
+                return _only(method, "GET", lambda: Response(200, openapi(self)))
             case ("schemas", *rest):
                 return _only(method, "GET", lambda: Response(200, schema(self.kinds, rest)))
             case ("upstreams", key, "health"):
@@ -494,7 +497,13 @@ class AdminAPI:
         if stored.revision == 0 and not any(entities.values()):
             seeded = documents(self.gateway.config)
             changes = [Change(k, i, d) for k, v in seeded.items() for i, d in v.items()]
-            revision = await self.store.write(changes, expected=0) if changes else 0
+            try:
+                revision = await self.store.write(changes, expected=0) if changes else 0
+            except RevisionConflict:
+                # Another process (a worker, a node starting with us) seeded it first:
+                # its configuration wins, as any stored one does.
+                await self._sync()
+                return
             self._entities, self._revision = seeded, revision
             try:  # run with the ids given to entities that had none, as the API shows them
                 self.gateway.configure(configuration(seeded))

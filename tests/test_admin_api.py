@@ -14,10 +14,10 @@ from upstreams import serve_asgi
 
 import pygateway as gw
 from pygateway._config import load
-from pygateway.admin import AdminAPI
+from pygateway.admin import AdminAPI, FollowingGateway
 from pygateway.admin._model import configuration, documents
 from pygateway.stores import MemoryCounterStore, StoreError, use_counter_store
-from pygateway.stores._config_store import Change, MemoryConfigStore
+from pygateway.stores._config_store import Change, MemoryConfigStore, StoredConfig
 from pygateway.testing import client, echo_engine
 
 SERVICE_ID = "9c1b3a44-5a0c-4e4b-8c1e-1f7e2b6a0c01"
@@ -727,3 +727,29 @@ def test_the_admin_api_serves_over_a_socket_with_uvicorn() -> None:
         assert response.status_code == 201, response.text
         assert http.get("/services/s/routes").json()["data"][0]["paths"] == ["/s"]
     assert gateway.config.services[0].name == "s"
+
+
+async def test_a_store_seeded_by_another_process_meanwhile_wins_over_our_configuration() -> None:
+    theirs = gw.Gateway(services=[gw.Service(name="theirs", url="http://theirs.internal")])
+    ours = gw.Gateway(services=[gw.Service(name="ours", url="http://ours.internal")])
+
+    class SeededAfterWeLooked(MemoryConfigStore):
+        """Empty when first looked at; seeded by another process just after."""
+
+        looked = False
+
+        async def load(self) -> StoredConfig:
+            if not self.looked:
+                self.looked = True
+                return StoredConfig(0, {})
+            return await super().load()
+
+    store = SeededAfterWeLooked()
+    their_documents = documents(theirs.config)
+    changes = [Change(k, i, d) for k, v in their_documents.items() for i, d in v.items()]
+    await store.write(changes, expected=0)
+
+    await FollowingGateway(ours, store).sync()
+
+    assert [s.name for s in ours.config.services] == ["theirs"]
+    assert (await store.load()).revision == 1  # nothing of ours was written over it

@@ -4,6 +4,7 @@ errors it reports with their field paths, and dumping back losslessly."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -1226,3 +1227,27 @@ def test_an_invalid_instance_name_gets_kongs_message(name: str) -> None:
             "., -, _, and ~",
         )
     ]
+
+
+@pytest.mark.parametrize(
+    ("acl", "path", "message"),
+    [
+        ({"group": "", "consumer": "alice"}, "acls[0].group", "length must be at least 1"),
+        (
+            {"group": "g", "consumer": "alice", "tags": "{}"},
+            "acls[0].tags",
+            "expected an array of strings",
+        ),
+        (
+            {"group": "g", "consumer": "alice", "tags": [1]},
+            "acls[0].tags",
+            "expected an array of strings",
+        ),
+    ],
+)
+def test_an_acl_entry_with_an_empty_group_or_bad_tags_is_refused(
+    acl: dict[str, Any], path: str, message: str
+) -> None:
+    document = {"_format_version": "3.0", "consumers": [{"username": "alice"}], "acls": [acl]}
+    with pytest.raises(ConfigurationError, match=re.escape(f"{path}: {message}")):
+        load(document)

@@ -211,6 +211,8 @@ class _Loader:
             if ref is None or not isinstance(fields.get("group"), str):
                 self.fail(("acls", i), "'group' and 'consumer' are required")
                 continue
+            if not self.acl_checked(fields, ("acls", i)):
+                continue
             extra_acls.setdefault(ref, []).append(fields["group"])
             ref_paths.setdefault(("consumers", ref), ("acls", i, "consumer"))
 
@@ -339,7 +341,7 @@ class _Loader:
             if acl is not None:
                 if not isinstance(acl.get("group"), str):
                     self.fail((*path, "acls", i, "group"), "required field missing")
-                else:
+                elif self.acl_checked(acl, (*path, "acls", i)):
                     acls.append(acl["group"])
         username, custom_id = fields.get("username"), fields.get("custom_id")
         # flat entries may name the consumer by the id it is about to be given
@@ -418,6 +420,20 @@ class _Loader:
             return None
         fields.pop("cert_digest", None)  # computed from the certificate, as Kong does
         return self.build(CACertificate, fields, path)
+
+    def acl_checked(self, fields: Mapping[str, Any], path: Path_) -> bool:
+        """An ACL entry's group is not empty and its tags are strings (Kong's checks)."""
+        ok = True
+        if not fields["group"]:
+            self.fail((*path, "group"), "length must be at least 1")
+            ok = False
+        tags = fields.get("tags")
+        if tags is not None and not (
+            isinstance(tags, list | tuple) and all(isinstance(t, str) for t in tags)
+        ):
+            self.fail((*path, "tags"), "expected an array of strings")
+            ok = False
+        return ok
 
     def required(self, fields: dict[str, Any], keys: tuple[str, ...], path: Path_) -> bool:
         missing = [key for key in keys if key not in fields]

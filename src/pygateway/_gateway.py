@@ -409,8 +409,8 @@ class Gateway:
             await self._close()
 
     async def _close(self) -> None:
-        # Not started from now on: a request arriving meanwhile goes to `_start`, which
-        # waits for the lock this close holds.
+        # Not started from now on: a request arriving meanwhile goes to `_ready_up`,
+        # which waits for the lock this close holds, then starts the gateway again.
         self._started = False
         self._synced = -1
         background, self._background = self._background, None

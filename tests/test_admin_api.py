@@ -4,6 +4,7 @@ driven in-process with httpx, and the gateway proxying what was configured throu
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from unittest.mock import ANY
@@ -516,7 +517,7 @@ async def test_post_config_replaces_everything_and_get_config_dumps_it(
     assert response.status_code == 201, response.text
     assert (await admin.get("/consumers")).json()["data"] == []
     assert (await proxy(gateway, "/s")).status_code == 200
-    dumped = (await admin.get("/config")).json()["config"]
+    dumped = (await admin.get("/config", headers={"Accept": "application/json"})).json()["config"]
     assert [s["name"] for s in dumped["services"]] == ["s"]
     bad = {"_format_version": "3.0", "routes": [{"paths": ["x"]}]}
     response = await admin.post("/config", json={"config": json.dumps(bad)})
@@ -753,3 +754,113 @@ async def test_a_store_seeded_by_another_process_meanwhile_wins_over_our_configu
 
     assert [s.name for s in ours.config.services] == ["theirs"]
     assert (await store.load()).revision == 1  # nothing of ours was written over it
+
+
+# -- targets/all, tags, validation, the configuration as YAML -----------------------------
+
+
+async def test_all_targets_of_an_upstream_lists_weight_zero_ones_too(
+    admin: httpx.AsyncClient,
+) -> None:
+    await create(admin, "/upstreams", name="backend")
+    await create(admin, "/upstreams", name="other")
+    live = await create(admin, "/upstreams/backend/targets", target="10.0.0.1:80")
+    off = await create(admin, "/upstreams/backend/targets", target="10.0.0.2:80", weight=0)
+    await create(admin, "/upstreams/other/targets", target="10.0.0.3:80")
+    listed = (await admin.get("/upstreams/backend/targets/all")).json()
+    assert sorted(t["id"] for t in listed["data"]) == sorted([live["id"], off["id"]])
+    assert listed["data"][0]["upstream"] == {"id": live["upstream"]["id"]}
+    assert (await admin.get("/upstreams/nope/targets/all")).status_code == 404
+    assert (await admin.post("/upstreams/backend/targets/all", json={})).status_code == 405
+    assert (await admin.get(f"/targets/{live['id']}/upstream")).status_code == 404
+
+
+async def test_tags_lists_a_row_per_tag_of_every_tagged_entity_a_page_at_a_time(
+    admin: httpx.AsyncClient,
+) -> None:
+    service = await create(admin, "/services", name="s", url="http://a.test", tags=["b", "a"])
+    consumer = await create(admin, "/consumers", username="c", tags=["a"])
+    await create(admin, "/consumers", username="untagged")
+    rows = (await admin.get("/tags")).json()
+    assert rows["next"] is None
+    assert sorted(rows["data"], key=lambda r: (r["tag"], r["entity_name"])) == [
+        {"entity_name": "consumers", "entity_id": consumer["id"], "tag": "a"},
+        {"entity_name": "services", "entity_id": service["id"], "tag": "a"},
+        {"entity_name": "services", "entity_id": service["id"], "tag": "b"},
+    ]
+    first = (await admin.get("/tags/a?size=1")).json()
+    second = (await admin.get(first["next"])).json()
+    assert second["next"] is None
+    paged = [r["entity_id"] for r in first["data"] + second["data"]]
+    assert sorted(paged) == sorted([service["id"], consumer["id"]])
+    assert (await admin.get("/tags/none")).json()["data"] == []
+    assert (await admin.get("/tags?size=0")).json()["code"] == 9
+
+
+async def test_validate_checks_a_body_as_a_create_would_without_writing_it(
+    admin: httpx.AsyncClient,
+) -> None:
+    body = {"name": "s", "url": "http://a.test"}
+    response = await admin.post("/schemas/services/validate", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"message": "schema validation successful"}
+    assert (await admin.get("/services")).json()["data"] == []
+    response = await admin.post("/schemas/routes/validate", data={"paths[]": "x"})
+    assert response.status_code == 400
+    assert response.json()["code"] == 2
+    assert response.json()["fields"] == {"paths": [ANY]}
+    assert (await admin.get("/routes")).json()["data"] == []
+    assert (await admin.post("/schemas/nope/validate", json={})).status_code == 404
+    assert (await admin.get("/schemas/services/validate")).status_code == 405
+
+
+async def test_validating_a_plugin_reads_its_config_and_reports_its_errors(
+    admin: httpx.AsyncClient,
+) -> None:
+    good = {"name": "rate-limiting", "config.minute": "5"}
+    response = await admin.post("/schemas/plugins/validate", data=good)
+    assert response.status_code == 200, response.text
+    bad = {"name": "rate-limiting", "config": {"minute": "often"}}
+    response = await admin.post("/schemas/plugins/validate", json=bad)
+    assert response.status_code == 400
+    assert response.json()["fields"] == {"config": {"minute": ANY}}
+    assert (await admin.get("/plugins")).json()["data"] == []
+
+
+async def test_validation_is_answered_by_a_read_only_api(gateway: gw.Gateway) -> None:
+    transport = httpx.ASGITransport(app=AdminAPI(gateway, read_only=True))
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin.test") as admin:
+        response = await admin.post("/schemas/consumers/validate", json={"username": "a"})
+        assert response.status_code == 200, response.text
+        assert (await admin.post("/consumers", json={"username": "a"})).status_code == 405
+
+
+async def test_get_config_answers_yaml_text_unless_json_is_asked_for(
+    admin: httpx.AsyncClient,
+) -> None:
+    yaml = pytest.importorskip("yaml")
+    await create(admin, "/services", name="s", url="http://a.test")
+    text = (await admin.get("/config")).json()["config"]
+    assert isinstance(text, str)
+    assert [s["name"] for s in yaml.safe_load(text)["services"]] == ["s"]
+    asked = await admin.get("/config", headers={"Accept": "application/json"})
+    assert asked.json()["config"] == yaml.safe_load(text)
+
+
+async def test_get_config_answers_the_document_without_pyyaml(
+    admin: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "yaml", None)  # import yaml now raises ImportError
+    await create(admin, "/services", name="s", url="http://a.test")
+    dumped = (await admin.get("/config")).json()["config"]
+    assert [s["name"] for s in dumped["services"]] == ["s"]
+
+
+async def test_the_openapi_document_lists_tags_validation_and_all_targets(
+    admin: httpx.AsyncClient,
+) -> None:
+    paths = (await admin.get("/openapi.json")).json()["paths"]
+    assert set(paths["/tags"]) == set(paths["/tags/{tag}"]) == {"get"}
+    assert set(paths["/schemas/{entity}/validate"]) == {"post"}
+    assert set(paths["/schemas/plugins/validate"]) == {"post"}
+    assert set(paths["/upstreams/{upstream}/targets/all"]) == {"get"}

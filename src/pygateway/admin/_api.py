@@ -40,7 +40,7 @@ from ..stores._config_store import Change, ConfigStore, MemoryConfigStore, Revis
 from . import _errors
 from ._body import convert_fields, convert_plugin, parse_body
 from ._errors import ApiError, not_found
-from ._info import configuration_hash, declarative, node_info, schema
+from ._info import configuration_hash, declarative, node_info, schema, yaml_text
 from ._kinds import Kind, kinds, looks_like_id
 from ._model import Entities, InvalidEntities, configuration, documents, now
 from ._openapi import openapi
@@ -132,14 +132,15 @@ class AdminAPI:
             self._authorize(headers)
             method = scope["method"].upper()
             method = "GET" if method == "HEAD" else method
-            if self.read_only and method not in _READS:
-                raise ApiError(405, {"message": "the Admin API is read-only"})
             path = scope.get("path", "/")
             raw = scope.get("raw_path") or path.encode("utf-8")
             raw = raw.split(b"?", 1)[0]
+            segments = tuple(unquote(s.decode("latin-1")) for s in raw.strip(b"/").split(b"/") if s)
+            validating = segments[:1] == ("schemas",) and segments[-1:] == ("validate",)
+            if self.read_only and method not in _READS and not validating:
+                raise ApiError(405, {"message": "the Admin API is read-only"})
             query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
             data, form = parse_body(headers.get("content-type", ""), body)
-            segments = tuple(unquote(s.decode("latin-1")) for s in raw.strip(b"/").split(b"/") if s)
             request = Request(method, segments, path, query, headers, data, form)
             return await self.dispatch(request)
         except ApiError as exc:
@@ -174,13 +175,23 @@ class AdminAPI:
             case ("config",):
                 if method == "POST":
                     return await self.post_config(request)
-                return _only(method, "GET", lambda: Response(200, self.get_config()))
+                return _only(method, "GET", lambda: Response(200, self.get_config(request)))
             case ("openapi.json",):
                 return _only(method, "GET", lambda: Response(200, openapi(self)))
+            case ("tags",):
+                return _only(method, "GET", lambda: Response(200, self.tags(request, None)))
+            case ("tags", tag):
+                return _only(method, "GET", lambda: Response(200, self.tags(request, tag)))
+            case ("schemas", entity, "validate"):
+                if method != "POST":
+                    raise _method_not_allowed()
+                return await self.validate(request, entity)
             case ("schemas", *rest):
                 return _only(method, "GET", lambda: Response(200, schema(self.kinds, rest)))
             case ("upstreams", key, "health"):
                 return _only(method, "GET", lambda: self.health(key, request))
+            case ("upstreams", key, "targets", "all"):
+                return _only(method, "GET", lambda: self.all_targets(key, request))
             case ("upstreams", key, "targets", target, *address, ("healthy" | "unhealthy") as s):
                 if method != "POST" or len(address) > 1:
                     raise _method_not_allowed()
@@ -269,6 +280,30 @@ class AdminAPI:
             docs = [d for d in docs if d.get("custom_id") == request.query["custom_id"]]
         return page(docs, request.query, request.path, kind.show)
 
+    def all_targets(self, key: str, request: Request) -> Response:
+        """`GET /upstreams/{u}/targets/all`: every target of the upstream, weight 0 ones
+        included. pygateway keeps no history of targets, so this is the same listing as
+        `/upstreams/{u}/targets` (as in Kong 3, which keeps none either)."""
+        upstream = self.find(self.kinds["upstreams"], key)
+        if upstream is None:
+            raise not_found()
+        targets = self.page(request, self.kinds["targets"], ("upstream", upstream["id"]))
+        return Response(200, targets)
+
+    def tags(self, request: Request, tag: str | None) -> Any:
+        """`GET /tags` and `/tags/{tag}`: one row per tag of every tagged entity (of `tag`
+        only when given), in Kong's shape, a page at a time in (tag, kind, id) order."""
+        rows = [
+            {"id": "\x1f".join((t, kind, id_)), "tag": t, "entity_name": kind, "entity_id": id_}
+            for kind, by_id in self._entities.items()
+            for id_, doc in by_id.items()
+            for t in dict.fromkeys(doc.get("tags") or ())
+            if isinstance(t, str) and (tag is None or t == tag)
+        ]
+        rows.sort(key=lambda row: row["id"])
+        query = {k: v for k, v in request.query.items() if k != "tags"}
+        return page(rows, query, request.path, _tag_row)
+
     async def entity(
         self,
         request: Request,
@@ -328,6 +363,28 @@ class AdminAPI:
     # -- writing --------------------------------------------------------------------------
 
     async def create(self, kind: Kind, doc: dict[str, Any]) -> Response:
+        touched = await self._write(self._creation(kind, doc))
+        return Response(201, kind.show(self._entities[kind.name][touched[0][1]]))
+
+    async def validate(self, request: Request, name: str) -> Response:
+        """`POST /schemas/{entity}/validate` (and `/schemas/plugins/validate`): check the
+        body as creating the entity would, with the same errors, and write nothing."""
+        kind = self.kinds.get(name)
+        if kind is None:
+            raise ApiError(404, {"message": f"No entity named '{name}'"})
+        edit = self._creation(kind, self._document(kind, request))
+        async with self._locked():
+            await self._sync()
+            work = copy.deepcopy(self._entities)
+            touched = edit(work)
+            try:
+                configuration(work)
+            except InvalidEntities as exc:
+                raise _invalid(exc, touched[0]) from None
+        return Response(200, {"message": "schema validation successful"})
+
+    def _creation(self, kind: Kind, doc: dict[str, Any]) -> Callable[[Entities], Touched]:
+        """The edit that creates `doc` (given an id if it has none)."""
         if "id" in doc and not (isinstance(doc["id"], str) and looks_like_id(doc["id"])):
             raise _errors.schema_violation([(("id",), "expected a valid UUID")])
         doc.setdefault("id", str(uuid.uuid4()))
@@ -337,8 +394,7 @@ class AdminAPI:
                 raise _errors.primary_key_violation(doc["id"])
             return self._put(work, kind, doc)
 
-        touched = await self._write(edit)
-        return Response(201, kind.show(self._entities[kind.name][touched[0][1]]))
+        return edit
 
     async def update(self, kind: Kind, doc: dict[str, Any], status: int) -> Response:
         doc.setdefault("id", str(uuid.uuid4()))
@@ -561,8 +617,16 @@ class AdminAPI:
 
     # -- the whole configuration ----------------------------------------------------------
 
-    def get_config(self) -> dict[str, Any]:
-        return {"config": dump(self.gateway.config)}
+    def get_config(self, request: Request) -> dict[str, Any]:
+        """`GET /config`: the declarative document as YAML text, as Kong answers, when
+        PyYAML is installed and the client does not ask for JSON (`Accept:
+        application/json`); else the document itself."""
+        document = dump(self.gateway.config)
+        if "application/json" not in request.headers.get("accept", ""):
+            text = yaml_text(document)
+            if text is not None:
+                return {"config": text}
+        return {"config": document}
 
     async def post_config(self, request: Request) -> Response:
         """Replace every entity with those of a declarative document (validated first)."""
@@ -600,6 +664,10 @@ async def _send(send: Send, response: Response, *, head: bool = False) -> None:
     headers.append((b"content-length", str(len(payload)).encode("ascii")))
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else payload})
+
+
+def _tag_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {"entity_name": row["entity_name"], "entity_id": row["entity_id"], "tag": row["tag"]}
 
 
 def _only(method: str, allowed: str, answer: Callable[[], Response]) -> Response:

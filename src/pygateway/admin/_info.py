@@ -18,7 +18,7 @@ from ..plugins import _registry
 from ._errors import ApiError
 from ._kinds import Kind
 
-__all__ = ["configuration_hash", "declarative", "node_info", "schema"]
+__all__ = ["configuration_hash", "declarative", "node_info", "schema", "yaml_text"]
 
 
 def node_info(
@@ -110,3 +110,14 @@ def _yaml(text: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError:
         raise ApiError(400, {"message": "cannot parse the declarative configuration"}) from None
+
+
+def yaml_text(document: Mapping[str, Any]) -> str | None:
+    """`document` as YAML text (keys in their order), or None without PyYAML."""
+    try:
+        import yaml
+    except ImportError:
+        return None
+    plain = json.loads(json.dumps(document))  # tuples as lists: what safe_dump writes
+    text: str = yaml.safe_dump(plain, sort_keys=False, allow_unicode=True)
+    return text

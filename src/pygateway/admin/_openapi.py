@@ -40,6 +40,7 @@ _JSON = "application/json"
 _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 _REF = "#/components/schemas/"
+_STRING: Schema = {"type": "string"}
 
 #: Entity classes a field may hold, written in the flat documents as a reference.
 _ENTITY_CLASSES = frozenset(CLASSES.values())
@@ -233,7 +234,14 @@ class _Builder:
         enabled = {"enabled_plugins": {"type": "array", "items": {"type": "string"}}}
         get("/plugins/enabled", "The plugins this node has", _object(enabled))
         get("/openapi.json", "This document", _object())
-        get("/config", "The whole configuration, as a declarative document", _object())
+        dumped = {"config": {"anyOf": [{"type": "string"}, {"type": "object"}]}}
+        get(
+            "/config",
+            "The whole configuration, as a declarative document",
+            _object(dumped, required=["config"]),
+            description="YAML text when PyYAML is installed and the request does not "
+            "accept `application/json`; else the document itself.",
+        )
         config_body = {
             "required": True,
             "content": {
@@ -266,6 +274,78 @@ class _Builder:
             parameters=[_path("name", "a plugin name")],
             responses={"200": _ok(_object()), "404": _error("no such plugin")},
         )
+        self.validation()
+        self.tag_paths()
+
+    def validation(self) -> None:
+        """`POST /schemas/{entity}/validate` and `/schemas/plugins/validate`."""
+        checked = _ok(_object({"message": {"type": "string"}}, required=["message"]))
+        body = {
+            "required": True,
+            "content": {m: {"schema": {"type": "object"}} for m in (_JSON, *_FORMS)},
+        }
+        responses = {
+            "200": checked,
+            "404": _error("no such entity"),
+            "409": _error("another entity has the same unique value"),
+        }
+        names = sorted(self.kinds)
+        self.add(
+            "/schemas/{entity}/validate",
+            "post",
+            {
+                "operationId": "validate-entity",
+                "summary": "Check a body as creating the entity would, without writing it",
+                "parameters": [_path("entity", "an entity name", enum=names)],
+                "requestBody": body,
+                "responses": dict(responses),
+            },
+        )
+        self.add(
+            "/schemas/plugins/validate",
+            "post",
+            {
+                "operationId": "validate-plugin",
+                "summary": "Check a plugin body as creating the plugin would, without writing it",
+                "requestBody": body,
+                "responses": dict(responses),
+            },
+        )
+
+    def tag_paths(self) -> None:
+        """`GET /tags` and `GET /tags/{tag}`: every tagged entity, a row per tag."""
+        row = _object(
+            {
+                "entity_name": {"type": "string"},
+                "entity_id": {"type": "string", "format": "uuid"},
+                "tag": {"type": "string"},
+            },
+            required=["entity_name", "entity_id", "tag"],
+        )
+        nullable = {"type": ["string", "null"]}
+        listed = _object(
+            {"data": {"type": "array", "items": row}, "next": nullable, "offset": nullable},
+            required=["data", "next", "offset"],
+        )
+        query = [
+            _query("size", f"rows per page (1 to {MAX_SIZE})", _size()),
+            _query("offset", "where the previous page ended (its `offset`)", {"type": "string"}),
+        ]
+        for path, summary, parameters in (
+            ("/tags", "Every tag of every entity", query),
+            ("/tags/{tag}", "The entities tagged `tag`", [_path("tag", "a tag"), *query]),
+        ):
+            self.add(
+                path,
+                "get",
+                {
+                    "operationId": "list-tags" if path == "/tags" else "list-tagged",
+                    "tags": ["tags"],
+                    "summary": f"{summary}, a page at a time",
+                    "parameters": parameters,
+                    "responses": {"200": _ok(listed), "400": _error("invalid size or offset")},
+                },
+            )
 
     def kind_paths(self, kind: Kind) -> None:
         base = f"/{kind.path}"
@@ -385,6 +465,26 @@ class _Builder:
         address = _path("address", "one address (`ip:port`) the target resolves to")
         balancer = _query(
             "balancer_health", "`1`: the balancer's own health", {"type": "string", "enum": ["1"]}
+        )
+        self.add(
+            "/upstreams/{upstream}/targets/all",
+            "get",
+            {
+                "operationId": "list-upstream-targets-all",
+                "tags": ["upstreams"],
+                "summary": "Every target of the upstream, weight 0 ones included",
+                "parameters": [
+                    upstream,
+                    _query("size", f"entities per page (1 to {MAX_SIZE})", _size()),
+                    _query("offset", "where the previous page ended", {"type": "string"}),
+                    _query("tags", "`a,b`: tagged with both; `a/b`: with either", _STRING),
+                ],
+                "responses": {
+                    "200": _ok(_ref("targets.page")),
+                    "400": _error("invalid size or offset"),
+                    "404": _not_found(),
+                },
+            },
         )
         self.add(
             "/upstreams/{upstream}/health",

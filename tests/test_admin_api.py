@@ -11,7 +11,7 @@ from unittest.mock import ANY
 
 import httpx
 import pytest
-from upstreams import serve_asgi
+from upstreams import call_asgi, serve_asgi
 
 import pygateway as gw
 from pygateway._config import load
@@ -864,3 +864,21 @@ async def test_the_openapi_document_lists_tags_validation_and_all_targets(
     assert set(paths["/schemas/{entity}/validate"]) == {"post"}
     assert set(paths["/schemas/plugins/validate"]) == {"post"}
     assert set(paths["/upstreams/{upstream}/targets/all"]) == {"get"}
+
+
+async def test_a_body_over_the_size_limit_is_refused_with_413_and_nothing_changes(
+    gateway: gw.Gateway, store: MemoryConfigStore
+) -> None:
+    app = AdminAPI(gateway, store)
+    app.max_body_size = 1000
+    json_type = [(b"content-type", b"application/json")]
+    too_big = json.dumps({"name": "big", "url": "http://x", "tags": ["t" * 2000]}).encode()
+    # In pieces, as a client streams it: refused once the limit is passed, unread after.
+    big = await call_asgi(
+        app, "/services", method="POST", headers=json_type, body=[too_big[:600], too_big[600:]]
+    )
+    small = json.dumps({"name": "small", "url": "http://x"}).encode()
+    created = await call_asgi(app, "/services", method="POST", headers=json_type, body=[small])
+    assert (big.status, json.loads(big.body)) == (413, {"message": "Request body too large"})
+    assert created.status == 201
+    assert [s.name for s in gateway.config.services] == ["small"]

@@ -81,6 +81,10 @@ class AdminAPI:
     default). `token`: requests must carry it (`Kong-Admin-Token: <token>` or
     `Authorization: Bearer <token>`). `read_only`: only reads are answered."""
 
+    #: The largest request body read, in bytes (a whole declarative configuration for
+    #: `POST /config` fits); a larger one is answered 413 unread.
+    max_body_size = 64 * 1024 * 1024
+
     def __init__(
         self,
         gateway: Gateway,
@@ -112,12 +116,21 @@ class AdminAPI:
                     return
         if scope["type"] != "http":
             return
-        body = b""
+        chunks: list[bytes] = []
+        size = 0
         while True:
             message = await receive()
-            body += message.get("body", b"")
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_size:
+                await _send(send, Response(413, {"message": "Request body too large"}))
+                return
+            chunks.append(chunk)
             if not message.get("more_body"):
                 break
+        body = b"".join(chunks)
         try:
             response = await self.handle(scope, body)
         except Exception:

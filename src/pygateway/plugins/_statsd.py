@@ -33,7 +33,7 @@ from .._schema import Record, field
 from ._log_serializer import latencies
 from ._queue import LogQueue, QueueConfig, QueuedLogger, check_optional
 from ._registry import register
-from ._tcp_log import check_host
+from ._tcp_log import TcpSender, check_host
 
 if TYPE_CHECKING:
     from .._context import Context
@@ -440,7 +440,8 @@ class Statsd(QueuedLogger):
         transport = "tcp" if self.use_tcp else "udp"
         sender: UdpSender | TcpSender
         if self.use_tcp:
-            sender = TcpSender(self.host, self.port)
+            # Each entry is the request's lines: newline-terminated, they are the lines.
+            sender = TcpSender(self.host, self.port, timeout=TCP_TIMEOUT)
         else:
             sender = UdpSender(self.host, self.port, int(self.udp_packet_size))
         return LogQueue(f"statsd {transport}:{self.host}:{self.port}", sender, self.effective_queue)
@@ -507,30 +508,6 @@ class UdpSender:
 
 #: Kong's connect and send timeout for StatsD over TCP, in seconds.
 TCP_TIMEOUT = 1.0
-
-
-class TcpSender:
-    """Sends a batch's lines, each ending in a newline, on a TCP connection it keeps open
-    between batches (reopened after a failure, which fails the batch so it is retried)."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host = host
-        self.port = port
-        self._sock: socket.socket | None = None
-
-    def __call__(self, batch: Sequence[bytes]) -> None:
-        if self._sock is None:
-            self._sock = socket.create_connection((self.host, self.port), TCP_TIMEOUT)
-        try:
-            self._sock.sendall(b"".join(item + b"\n" for item in _lines(batch)))
-        except OSError:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
 
 
 register(Statsd)

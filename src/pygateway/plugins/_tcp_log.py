@@ -20,7 +20,7 @@ from ._log_serializer import check_custom_fields
 from ._queue import LogQueue, QueueConfig, QueuedLogger
 from ._registry import register
 
-__all__ = ["TcpLog"]
+__all__ = ["TcpLog", "TcpSender"]
 
 _MAX_TIMEOUT = 2**31 - 2
 # One entry at a time, as soon as it comes; a failed one is tried again for a few seconds.
@@ -55,22 +55,46 @@ class TcpLog(QueuedLogger):
     custom_fields_by_lua: Mapping[str, str] | None = field(None, check=check_custom_fields)
 
     def _make_queue(self) -> LogQueue:
-        return LogQueue(f"tcp-log {self.host}:{self.port}", _TcpSender(self), QUEUE)
+        sender = TcpSender(
+            self.host,
+            self.port,
+            timeout=self.timeout / 1000,
+            keepalive=self.keepalive / 1000,
+            tls_server_name=(self.tls_sni or self.host) if self.tls else None,
+        )
+        return LogQueue(f"tcp-log {self.host}:{self.port}", sender, QUEUE)
 
 
-class _TcpSender:
-    def __init__(self, plugin: TcpLog) -> None:
-        self.plugin = plugin
+class TcpSender:
+    """Sends a batch's entries, each ending in a newline, on a TCP connection kept open
+    between batches (from the queue's sender thread): for `keepalive` idle seconds when
+    set, else for as long as it works. A failed send closes it, which fails the batch so
+    it is retried on a new connection. With `tls_server_name`, the connection is TLS and
+    the server's certificate is checked against that name."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float,
+        keepalive: float | None = None,
+        tls_server_name: str | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.keepalive = keepalive
+        self.tls_server_name = tls_server_name
         self._sock: socket.socket | None = None
         self._last_used = 0.0
 
     def _connect(self) -> socket.socket:
-        plugin = self.plugin
-        sock = socket.create_connection((plugin.host, plugin.port), plugin.timeout / 1000)
-        if plugin.tls:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        if self.tls_server_name is not None:
             context = ssl.create_default_context()
             try:
-                sock = context.wrap_socket(sock, server_hostname=plugin.tls_sni or plugin.host)
+                sock = context.wrap_socket(sock, server_hostname=self.tls_server_name)
             except BaseException:
                 sock.close()
                 raise
@@ -78,7 +102,8 @@ class _TcpSender:
 
     def __call__(self, batch: Sequence[bytes]) -> None:
         now = time.monotonic()
-        if self._sock is not None and now - self._last_used > self.plugin.keepalive / 1000:
+        idle = now - self._last_used
+        if self._sock is not None and self.keepalive is not None and idle > self.keepalive:
             self.close()
         if self._sock is None:
             self._sock = self._connect()

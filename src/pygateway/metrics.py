@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import anyio.to_thread
 
+from ._types import null_lifespan
 from .plugins._prometheus import gateway_registry, health_collector, require_prometheus_client
 
 if TYPE_CHECKING:
@@ -65,13 +66,8 @@ def app(gateway: Gateway | None) -> ASGIApp:
 
     async def metrics_app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await null_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         if scope.get("path") != "/metrics":

@@ -33,7 +33,7 @@ from .._entities import Target
 from .._exceptions import ConfigurationError
 from .._gateway import Gateway
 from .._snapshot import Snapshot
-from .._types import Receive, Scope, Send
+from .._types import Receive, Scope, Send, null_lifespan
 from ..plugins import _registry
 from ..stores._base import StoreError
 from ..stores._config_store import Change, ConfigStore, MemoryConfigStore, RevisionConflict
@@ -107,13 +107,8 @@ class AdminAPI:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await null_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         chunks: list[bytes] = []

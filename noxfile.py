@@ -59,3 +59,10 @@ def fault(session: nox.Session) -> None:
     """One Target of three stops and restarts under load: errors, and whether it returns."""
     session.install("-e", ".[test]")
     session.run("python", "benchmarks/fault_under_load.py", *session.posargs)
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """Long-running tests (minutes): a 10-minute SSE stream of heartbeats only is not cut."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "soak", "tests/test_streaming_soak.py", *session.posargs)

@@ -337,11 +337,11 @@ async def test_middleware_applies_global_plugins_to_gateway_routes_only() -> Non
     assert app_route.json()["body"] == "hi"
 
 
-async def test_middleware_passes_websockets_to_the_app() -> None:
-    seen: list[str] = []
+async def test_middleware_passes_websockets_no_route_matches_to_the_app() -> None:
+    seen: list[Message] = []
 
     async def raw_app(scope: Scope, receive: Receive, send: Send) -> None:
-        seen.append(scope["type"])
+        seen.append(await receive())  # the handshake the gateway looked at, replayed
         await send({"type": "websocket.close", "code": 1000})
 
     sent: list[Message] = []
@@ -353,8 +353,8 @@ async def test_middleware_passes_websockets_to_the_app() -> None:
         return {"type": "websocket.connect"}
 
     app = gw.GatewayMiddleware(raw_app, make_gateway())
-    await app({"type": "websocket", "path": "/users/ws", "headers": []}, receive, send)
-    assert seen == ["websocket"]
+    await app({"type": "websocket", "path": "/app/ws", "headers": []}, receive, send)
+    assert seen == [{"type": "websocket.connect"}]
     assert sent == [{"type": "websocket.close", "code": 1000}]
 
 

@@ -234,7 +234,7 @@ def test_a_service_path_must_be_normalized() -> None:
         (
             lambda: Route(paths=["/a"], protocols=["grpc"]),
             ("protocols", 0),
-            "expected one of: http, https",
+            "expected one of: http, https, ws, wss",
         ),
         (lambda: Route(paths=["/a"], headers=["x-a"]), ("headers",), "expected a map"),
         (lambda: Consumer(username=7), ("username",), "expected a string"),

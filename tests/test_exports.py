@@ -91,6 +91,7 @@ EXPECTED = {
         "Syslog",
         "TcpLog",
         "UdpLog",
+        "WebSocketSizeLimit",
         "available",
         "get",
         "register",

@@ -175,6 +175,7 @@ class Request:
         "query_string",
         "raw_path",
         "scheme",
+        "websocket",
     )
 
     def __init__(
@@ -192,6 +193,7 @@ class Request:
         peer_ip: str,
         body: _Body,
         http_version: str = "1.1",
+        websocket: bool = False,
     ) -> None:
         self.method = method
         self.scheme = scheme
@@ -209,6 +211,8 @@ class Request:
         self.peer_ip = peer_ip
         #: "1.0", "1.1", "2" or "3", as the ASGI server reports it.
         self.http_version = http_version
+        #: A WebSocket handshake (`scheme` is still http or https, as in Kong).
+        self.websocket = websocket
         self._body = body
         self._query: dict[str, str | list[str]] | None = None
 

@@ -138,7 +138,7 @@ class Route:
     """
 
     name: str | None = field(None, check=_schema.check_name)
-    protocols: Sequence[Literal["http", "https"]] = ("http", "https")
+    protocols: Sequence[Literal["http", "https", "ws", "wss"]] = ("http", "https")
     methods: Sequence[str] | None = None
     hosts: Sequence[str] | None = None
     paths: Sequence[str] | None = None

@@ -25,6 +25,7 @@ from ._runloop import handle_http
 from ._snapshot import Configuration, Snapshot
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from ._version import __version__
+from ._websocket import WebSocketRefusal
 from .balancers._dns import Resolver
 from .balancers._pool import UpstreamPool
 from .engines import Engine, HttpxEngine
@@ -441,21 +442,14 @@ class Gateway:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "http":
-            if self._synced != self._generation and not await _ready(self, send):
+        if kind == "http" or kind == "websocket":
+            if self._synced != self._generation and not await _ready(
+                self, send if kind == "http" else WebSocketRefusal(scope, send)
+            ):
                 return
             await handle_http(self, self.snapshot, scope, receive, send)
         elif kind == "lifespan":
             await _lifespan(self, receive, send)
-        elif kind == "websocket":
-            await receive()
-            await send(
-                {
-                    "type": "websocket.close",
-                    "code": 1003,
-                    "reason": "WebSocket routes are not supported yet",
-                }
-            )
         else:
             raise RuntimeError(f"pygateway cannot serve ASGI scope type {kind!r}")
 
@@ -514,9 +508,11 @@ class GatewayMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "http":
+        if kind == "http" or kind == "websocket":
             gateway = self.gateway
-            if gateway._synced != gateway._generation and not await _ready(gateway, send):
+            if gateway._synced != gateway._generation and not await _ready(
+                gateway, send if kind == "http" else WebSocketRefusal(scope, send)
+            ):
                 return
             await handle_http(gateway, gateway.snapshot, scope, receive, send, fallback=self.app)
         elif kind == "lifespan":

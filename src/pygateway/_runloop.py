@@ -44,7 +44,9 @@ from ._proxy import (
     via_token,
 )
 from ._responses import ErrorResponse, Response, error_response
+from ._websocket import DEFAULT_MAX_MESSAGE_SIZE, WebSocketRefusal, accept_headers, relay
 from .engines import UpstreamRequest, UpstreamResponse
+from .engines._websocket import UpstreamWebSocket
 
 if TYPE_CHECKING:
     from ._entities import Service
@@ -76,11 +78,26 @@ async def handle_http(
     path, raw_path, root_path = route_path(scope)
     host, port, host_header = host_and_port(scope, headers)
     scheme = scope.get("scheme", "http")
+    websocket = scope["type"] == "websocket"
+    plain_send = send
+    if websocket:
+        connect = await receive()
+        if connect["type"] != "websocket.connect":
+            return  # the client left before the handshake
+        # The handshake is a GET with no body; HTTP answers to it go out as ASGI says.
+        scheme = "https" if scheme == "wss" else "http"
+        offered = scope.get("subprotocols")
+        if offered and not any(k == b"sec-websocket-protocol" for k, _ in headers):
+            # Some servers (uvicorn with wsproto) keep the offer out of the headers.
+            headers.append((b"sec-websocket-protocol", ", ".join(offered).encode("latin-1")))
+        send = WebSocketRefusal(scope, send)
+        body = _Body(receive, False)
+    else:
+        body = _Body(receive, *body_framing(scope, headers))
     peer = (scope.get("client") or ("", 0))[0] or ""
     client_ip = real_client_ip(
         peer, headers, settings.trusted_ips, settings.real_ip_header, settings.real_ip_recursive
     )
-    body = _Body(receive, *body_framing(scope, headers))
     request = Request(
         method=scope.get("method", "GET"),
         scheme=scheme,
@@ -94,6 +111,7 @@ async def handle_http(
         peer_ip=peer,
         body=body,
         http_version=scope.get("http_version", "1.1"),
+        websocket=websocket,
     )
     request_id = secrets.token_hex(16)
     ctx = Context(gateway, request, request_id, snapshot)
@@ -122,7 +140,20 @@ async def handle_http(
                 log_access(ctx)
     if fall_through:
         assert fallback is not None
-        await fallback(scope, _replay_receive(body, receive), send)
+        if websocket:
+            await fallback(scope, _prepend(connect, receive), plain_send)
+        else:
+            await fallback(scope, _replay_receive(body, receive), send)
+
+
+def _prepend(first: Message, receive: Receive) -> Receive:
+    """`receive` giving `first` (a message the gateway took already) before the rest."""
+    pending = [first]
+
+    async def replay() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replay
 
 
 def _replay_receive(body: _Body, receive: Receive) -> Receive:
@@ -214,9 +245,17 @@ async def _serve(
         ctx.route, ctx.service = route, service
         ctx.uri_captures = match.captures
         ctx.matched_prefix = match.matched
-        if (
+        protocols = route.protocols
+        if not request.websocket and "http" not in protocols and "https" not in protocols:
+            # A WebSocket-only route (ws/wss): Kong answers before collecting its plugins.
+            collected.extend(snapshot.global_plugins[scheme])
+            answer = _error(
+                ctx, 426, "Upgrade Required", {"connection": "Upgrade", "upgrade": "websocket"}
+            )
+        elif (
             request.scheme == "http"
-            and "http" not in route.protocols
+            and "http" not in protocols
+            and not (request.websocket and "ws" in protocols)
             and not (
                 settings.trusted_ips.contains(request.peer_ip)
                 and request.headers.get("x-forwarded-proto", "").lower() == "https"
@@ -259,6 +298,10 @@ async def _serve(
         await _answer(ctx, answer, collected, started, send)
         return False
     assert ctx.service is not None
+    if request.websocket:
+        # No body to watch: the relay reads `receive` itself once the upstream accepted.
+        await _proxy(ctx, ctx.service, collected, started, host_header, root_path, send)
+        return False
     body = request._body
     failure: Exception | None = None
     async with anyio.create_task_group() as tg:
@@ -624,7 +667,10 @@ async def _proxy(
         sent_at = time.perf_counter()
         ctx.tries.append({"ip": host, "port": port})
         try:
-            response = await engine.send(outgoing)
+            if request.websocket:
+                response = await engine.connect_websocket(outgoing)
+            else:
+                response = await engine.send(outgoing)
         except UpstreamError as exc:
             ctx.tries[-1]["error"] = str(exc)
             if body.disconnected:
@@ -653,13 +699,17 @@ async def _proxy(
     body.release()
     try:
         ctx.latencies["upstream"] = _ms(sent_at)
-        await _relay(ctx, response, collected, started, send)
+        if isinstance(response, UpstreamWebSocket):
+            await _relay_websocket(ctx, service, response, collected, send)
+        else:
+            await _relay(ctx, response, collected, started, send)
     finally:
         try:
             await response.aclose()
         finally:
             if peer is not None and pool is not None:
-                pool.release(peer, outcome=None, status=response.status_code, elapsed=elapsed)
+                status = 101 if isinstance(response, UpstreamWebSocket) else response.status_code
+                pool.release(peer, outcome=None, status=status, elapsed=elapsed)
 
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
@@ -693,7 +743,7 @@ def _request_body(state: UpstreamRequestState, body: _Body) -> Any:
     return body.stream() if body.has_body else None
 
 
-def _response_head(ctx: Context, upstream: UpstreamResponse) -> Headers:
+def _response_head(ctx: Context, upstream: UpstreamResponse | UpstreamWebSocket) -> Headers:
     """The upstream's headers minus hop-by-hop ones, plus the gateway's, built in one pass."""
     settings = ctx.gateway.settings
     raw = response_headers(upstream.headers)
@@ -780,6 +830,38 @@ async def _relay(
         tail = await _filter_phase(ctx, plugin, plugin.body_filter, ctx, tail, True) or b""
     ctx.response_sent = True
     await send({"type": "http.response.body", "body": tail if has_body else b""})
+
+
+async def _relay_websocket(
+    ctx: Context,
+    service: Service,
+    upstream: UpstreamWebSocket,
+    collected: list[Plugin],
+    send: Send,
+) -> None:
+    """Accept the client's handshake as the upstream accepted ours, then relay messages."""
+    assert isinstance(send, _Downstream)
+    ctx.upstream_status = 101
+    ctx.response = ResponseState(101, _response_head(ctx, upstream), "service")
+    for plugin in collected:
+        if type(plugin).implements("header_filter"):
+            await _filter_phase(ctx, plugin, plugin.header_filter, ctx)
+    accept: Message = {"type": "websocket.accept", "headers": accept_headers(ctx.response.headers)}
+    if upstream.subprotocol:
+        accept["subprotocol"] = upstream.subprotocol
+    await send(accept)
+    send.started = send.delivered = True
+    ctx.response_sent = True
+    limits = ctx.shared.get("websocket_limits", {})
+    send.body_sent += await relay(
+        ctx,
+        upstream,
+        ctx.request._body.receive,
+        send.send,
+        idle_timeout=service.read_timeout / 1000,
+        client_limit=limits.get("client", DEFAULT_MAX_MESSAGE_SIZE),
+        upstream_limit=limits.get("upstream", DEFAULT_MAX_MESSAGE_SIZE),
+    )
 
 
 async def _log(ctx: Context, collected: list[Plugin]) -> None:

@@ -12,9 +12,10 @@ sends it, so server-sent events and endless downloads can be tested without a se
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl
@@ -25,13 +26,19 @@ import anyio.lowlevel
 import httpx
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
-from .engines import ASGIEngine
+from .engines import ASGIEngine, UpstreamResponse
+from .engines._websocket import ASGIWebSocket as WebSocket
+from .engines._websocket import WebSocketClosed, connect_asgi_websocket
 
 __all__ = [
     "EchoUpstream",
     "StreamingASGITransport",
+    "WebSocket",
+    "WebSocketClosed",
+    "WebSocketRejected",
     "client",
     "echo_engine",
+    "websocket_connect",
 ]
 
 _ECHO_BODY_LIMIT = 64 * 1024
@@ -296,6 +303,9 @@ class EchoUpstream:
 
     The JSON has `method`, `path`, `raw_path`, `query`, `headers` (name -> list of values),
     `body` (text, up to 64 KiB), `body_length`, `body_sha256` and `client`.
+
+    A WebSocket is accepted with the first subprotocol offered and echoes every message;
+    the text `close:<code>:<reason>` makes it close with that code and reason.
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -303,6 +313,9 @@ class EchoUpstream:
             while (await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] == "websocket":
+            await _echo_websocket(scope, receive, send)
             return
         if scope["type"] != "http":
             return
@@ -382,6 +395,92 @@ class EchoUpstream:
             }
         )
         await send({"type": "http.response.body", "body": data})
+
+
+async def _echo_websocket(scope: Scope, receive: Receive, send: Send) -> None:
+    await receive()  # websocket.connect
+    accept: Message = {"type": "websocket.accept"}
+    if scope.get("subprotocols"):
+        accept["subprotocol"] = scope["subprotocols"][0]
+    await send(accept)
+    while True:
+        message = await receive()
+        if message["type"] != "websocket.receive":
+            return
+        text = message.get("text")
+        if text is not None and text.startswith("close:"):
+            _, code, reason = text.split(":", 2)
+            await send({"type": "websocket.close", "code": int(code), "reason": reason})
+            return
+        if text is not None:
+            await send({"type": "websocket.send", "text": text})
+        else:
+            await send({"type": "websocket.send", "bytes": message.get("bytes") or b""})
+
+
+class WebSocketRejected(Exception):
+    """The handshake was answered with HTTP instead of accepted: `response` says how."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"WebSocket handshake refused with {response.status_code}")
+        self.response = response
+
+
+@contextlib.asynccontextmanager
+async def websocket_connect(
+    app: Any,
+    path: str = "/",
+    *,
+    subprotocols: Sequence[str] = (),
+    headers: dict[str, str] | None = None,
+    base_url: str = "ws://gateway.test",
+    client_addr: tuple[str, int] = ("127.0.0.1", 50000),
+) -> AsyncIterator[WebSocket]:
+    """Open a WebSocket to an ASGI app in this process (a Gateway, or an app around one).
+
+        async with gw.testing.websocket_connect(gateway, "/chat") as ws:
+            await ws.send("hello")
+            assert await ws.receive() == "hello"
+
+    `receive()` gives whole messages (`str` for text, `bytes` for binary) and raises
+    `WebSocketClosed` (with `code` and `reason`) once the app closed; `close(code, reason)`
+    closes from the client's side. A refused handshake raises `WebSocketRejected`, whose
+    `response` is the HTTP answer (a plugin's 401, a 404, ...). Leaving the block closes
+    with 1000 if nobody closed yet.
+    """
+    url = httpx.URL(base_url).join(path)
+    secure = url.scheme in ("wss", "https")
+    raw = [(b"host", url.netloc)]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    if subprotocols:
+        raw.append((b"sec-websocket-protocol", ", ".join(subprotocols).encode("latin-1")))
+    scope: dict[str, Any] = {
+        "type": "websocket",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "scheme": "wss" if secure else "ws",
+        "path": url.path,
+        "raw_path": url.raw_path.partition(b"?")[0],
+        "query_string": url.query,
+        "root_path": "",
+        "headers": raw,
+        "client": client_addr,
+        "server": (url.host, url.port or (443 if secure else 80)),
+        "subprotocols": list(subprotocols),
+        "extensions": {"websocket.http.response": {}},
+    }
+    answer = await connect_asgi_websocket(app, scope)
+    if isinstance(answer, UpstreamResponse):
+        content = await answer.read()
+        await answer.aclose()
+        raise WebSocketRejected(
+            httpx.Response(answer.status_code, headers=answer.headers, content=content)
+        )
+    try:
+        yield answer
+    finally:
+        await answer.close(1000)
+        await answer.aclose()
 
 
 def echo_engine() -> ASGIEngine:

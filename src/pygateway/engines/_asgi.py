@@ -13,6 +13,7 @@ import anyio
 from .._exceptions import RequestRejected, UpstreamProtocolError, UpstreamTimeout
 from .._types import ASGIApp, Message, RawHeaders
 from ._base import Engine, UpstreamRequest, UpstreamResponse
+from ._websocket import UpstreamWebSocket, connect_asgi_websocket, split_protocols
 
 __all__ = ["ASGIEngine"]
 
@@ -62,6 +63,28 @@ class ASGIEngine(Engine):
             "extensions": {},
         }
         return await _Exchange(self.app, scope, request).open()
+
+    async def connect_websocket(
+        self, request: UpstreamRequest
+    ) -> UpstreamWebSocket | UpstreamResponse:
+        """Open the app's `websocket` scope in-process (see `send` on closing order)."""
+        path_bytes, _, query = request.target.partition(b"?")
+        scope: dict[str, Any] = {
+            "type": "websocket",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": "wss" if request.scheme == "https" else "ws",
+            "path": unquote(path_bytes.decode("latin-1")),
+            "raw_path": path_bytes,
+            "query_string": query,
+            "root_path": "",
+            "headers": list(request.headers),
+            "client": self.client,
+            "server": (request.host, request.port),
+            "subprotocols": split_protocols(request.headers),
+            "extensions": {"websocket.http.response": {}},
+        }
+        return await connect_asgi_websocket(self.app, scope, handshake_timeout=request.read_timeout)
 
 
 class _Exchange:

@@ -17,11 +17,14 @@ import os
 import ssl
 import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from .._types import RawHeaders
+
+if TYPE_CHECKING:
+    from ._websocket import UpstreamWebSocket
 
 __all__ = ["Engine", "UpstreamRequest", "UpstreamResponse"]
 
@@ -176,6 +179,19 @@ class Engine:
             f"{type(self).__name__}.send() must be implemented: take an UpstreamRequest, "
             "return an UpstreamResponse, raise UpstreamError subclasses on failure"
         )
+
+    async def connect_websocket(
+        self, request: UpstreamRequest
+    ) -> UpstreamWebSocket | UpstreamResponse:
+        """Perform a WebSocket handshake: the accepted connection, or the upstream's refusal.
+
+        `request` is the handshake (GET, no body); its `Sec-WebSocket-Protocol` header holds
+        the subprotocols offered. The default opens a connection over the network (wsproto,
+        on anyio streams), with the request's timeouts and TLS settings.
+        """
+        from ._websocket import connect_network_websocket
+
+        return await connect_network_websocket(request)
 
     async def aclose(self) -> None:
         """Release connections and other resources. The gateway calls it on shutdown."""

@@ -35,6 +35,7 @@ from ._statsd import Statsd, StatsdMetric
 from ._syslog import Syslog
 from ._tcp_log import TcpLog
 from ._udp_log import UdpLog
+from ._websocket_size_limit import WebSocketSizeLimit
 
 __all__ = [
     "Acl",
@@ -71,6 +72,7 @@ __all__ = [
     "Syslog",
     "TcpLog",
     "UdpLog",
+    "WebSocketSizeLimit",
     "available",
     "get",
     "register",

@@ -84,7 +84,7 @@ def test_an_unknown_top_level_key_is_an_unknown_field() -> None:
 
 @pytest.mark.parametrize(
     "kind",
-    ["snis", "vaults", "consumer_groups", "key_sets"],
+    ["vaults", "consumer_groups", "key_sets"],
 )
 def test_unsupported_kong_entities_are_refused_clearly(kind: str) -> None:
     assert load_errors(doc(**{kind: [{"id": "x"}]})) == [
@@ -93,7 +93,7 @@ def test_unsupported_kong_entities_are_refused_clearly(kind: str) -> None:
 
 
 def test_an_empty_list_of_unsupported_entities_is_harmless() -> None:
-    assert load(doc(certificates=[], snis=[], services=[USERS])).services[0].name == "users"
+    assert load(doc(vaults=[], key_sets=[], services=[USERS])).services[0].name == "users"
 
 
 def test_metadata_keys_and_timestamps_are_tolerated() -> None:

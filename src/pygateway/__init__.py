@@ -14,6 +14,7 @@ from __future__ import annotations
 from . import balancers, engines, plugins, stores
 from ._context import Context, Request, ResponseState, UpstreamRequestState
 from ._entities import (
+    SNI,
     CACertificate,
     Certificate,
     Consumer,
@@ -39,6 +40,7 @@ from ._gateway import Gateway, GatewayMiddleware
 from ._headers import Headers
 from ._responses import Response
 from ._snapshot import Configuration
+from ._tls import ServerCertificates
 from ._version import __version__
 from .plugins import Plugin, Scoped
 from .plugins._basic_auth import BasicAuthCredential
@@ -70,7 +72,9 @@ __all__ = [
     "Response",
     "ResponseState",
     "Route",
+    "SNI",
     "Scoped",
+    "ServerCertificates",
     "Service",
     "Target",
     "Upstream",

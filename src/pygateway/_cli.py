@@ -102,7 +102,7 @@ def _serve(
     status: tuple[Any, int] | None = None,
     log_config: dict[str, Any] | None = None,
     admin: tuple[Any, str, int] | None = None,
-    ssl: dict[str, str] | None = None,
+    ssl: dict[str, Any] | None = None,
 ) -> int:
     try:
         import uvicorn
@@ -157,7 +157,7 @@ def _run(
     log_level: str,
     log_config: dict[str, Any] | None = None,
     admin: tuple[Any, str, int] | None = None,
-    ssl: dict[str, str] | None = None,
+    ssl: dict[str, Any] | None = None,
 ) -> int:
     options: dict[str, Any] = {
         "host": host,
@@ -325,7 +325,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="where the configuration is kept: memory:// (default), sqlite:///PATH or "
         "postgresql://...; with a store, every worker follows its changes",
     )
-    run.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
+    run.add_argument(
+        "--ssl-certfile",
+        help="serve HTTPS with this certificate (PEM), for the names no SNI of the "
+        "configuration holds (HTTPS is on without it when the configuration has SNIs)",
+    )
     run.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
 
     demo = sub.add_parser("demo", help="serve a demo gateway in front of an echo upstream")
@@ -413,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"pygateway: --status-port: {exc}", file=sys.stderr)
             return 2
     log_config = _log_config(args.log_format, args.access_log, args.log_level)
-    ssl = None
+    ssl: dict[str, Any] | None = None
     if args.ssl_certfile or args.ssl_keyfile:
         if not (args.ssl_certfile and args.ssl_keyfile):
             print("pygateway: --ssl-certfile and --ssl-keyfile go together", file=sys.stderr)
@@ -425,7 +429,63 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(prepared, int):
             return prepared
         app, admin = prepared
+    if ssl is not None or _configuration_of(app).snis:
+        if not _sni_capable():
+            if ssl is None:
+                print(
+                    "pygateway: serving certificates by SNI needs a uvicorn with "
+                    "ssl_context_factory: pip install -U uvicorn",
+                    file=sys.stderr,
+                )
+                return 2
+        else:
+            ssl = {**(ssl or {}), "ssl_context_factory": _ssl_context}
     return _serve(app, host, port, args.workers, args.log_level, status, log_config, admin, ssl)
+
+
+def _sni_capable() -> bool:
+    import inspect
+
+    try:
+        import uvicorn
+    except ImportError:
+        return True  # `_serve` says how to install it
+    return "ssl_context_factory" in inspect.signature(uvicorn.Config).parameters
+
+
+def _configuration_of(app: Any) -> Any:
+    """The configuration in force of the gateway `app` serves (through FollowingGateway
+    and uvicorn's middleware, if any)."""
+    for _ in range(5):
+        if hasattr(app, "snapshot"):
+            return app.config
+        app = getattr(app, "gateway", None) or getattr(app, "app", None)
+    from ._snapshot import Configuration
+
+    return Configuration()
+
+
+def _ssl_context(config: Any, default_factory: Any) -> Any:
+    """uvicorn's `ssl_context_factory` for `pygateway run`: TLS with the certificate of
+    each SNI of the gateway's configuration in force (read at each handshake, so SNIs added
+    through the Admin API or a store are served without a restart), and the
+    `--ssl-certfile` certificate for other names. A module-level function: each worker
+    process calls it for its own gateway."""
+    from pathlib import Path
+
+    from ._tls import ServerCertificates
+
+    default = None
+    if config.ssl_certfile:
+        cert = Path(config.ssl_certfile).read_text(encoding="utf-8")
+        key = Path(config.ssl_keyfile or config.ssl_certfile).read_text(encoding="utf-8")
+        default = (cert, key)
+    certificates = ServerCertificates(
+        lambda: _configuration_of(getattr(config, "loaded_app", None)),
+        default=default,
+        alpn_protocols=getattr(config.http_protocol_class, "alpn_protocols", None),
+    )
+    return certificates.context()
 
 
 def _prepare_store(args: Any, gateway: Any, port: int) -> tuple[Any, Any] | int:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import attrs
 
 from ._entities import (
+    SNI,
     CACertificate,
     Certificate,
     Consumer,
@@ -41,7 +42,6 @@ E = TypeVar("E")
 _FORMAT_VERSIONS = ("1.1", "2.1", "3.0")
 _IGNORED = frozenset({"created_at", "updated_at", "ws_id"})
 _UNSUPPORTED_TOP = (
-    "snis",
     "vaults",
     "key_sets",
     "keys",
@@ -51,8 +51,6 @@ _UNSUPPORTED_TOP = (
     "parameters",
 )
 _UNSUPPORTED_ROUTE = ("snis", "sources", "destinations", "expression", "priority")
-# A certificate's SNIs and alternate pair serve TLS to clients: the ASGI server's job.
-_UNSUPPORTED_CERTIFICATE = ("snis", "cert_alt", "key_alt")
 _PLUGIN_META = ("enabled", "instance_name", "protocols", "tags", "id")
 
 
@@ -168,6 +166,7 @@ class _Loader:
             "acls",
             "certificates",
             "ca_certificates",
+            "snis",
             *Credential.registry,
         }
         for key, value in data.items():
@@ -260,10 +259,16 @@ class _Loader:
             for i, raw in enumerate(self.items(data, "plugins", ()))
             if (p := self.plugin(raw, ("plugins", i), top_level=True)) is not None
         ]
+        snis: list[SNI] = []
         certificates = [
             cert
             for i, raw in enumerate(self.items(data, "certificates", ()))
-            if (cert := self.certificate(raw, ("certificates", i))) is not None
+            if (cert := self.certificate(raw, ("certificates", i), snis)) is not None
+        ]
+        snis += [
+            sni
+            for i, raw in enumerate(self.items(data, "snis", ()))
+            if (sni := self.sni(raw, ("snis", i), None)) is not None
         ]
         ca_certificates = [
             ca
@@ -281,6 +286,7 @@ class _Loader:
                 plugins=tuple(plugins),
                 certificates=tuple(certificates),
                 ca_certificates=tuple(ca_certificates),
+                snis=tuple(snis),
             )
         except ConfigurationError:
             raise
@@ -402,17 +408,39 @@ class _Loader:
             return None
         return self.build(Target, fields, path)
 
-    def certificate(self, raw: Any, path: Path_) -> Certificate | None:
-        allowed = {"cert", "key", "tags", "id", *_UNSUPPORTED_CERTIFICATE}
+    def certificate(self, raw: Any, path: Path_, snis: list[SNI]) -> Certificate | None:
+        """A certificate; its nested `snis` (names, or records) are added to `snis`."""
+        allowed = {a.name for a in attrs.fields(Certificate)} | {"snis"}
         fields = self.fields(raw, path, allowed)
         if fields is None:
             return None
-        for key in _UNSUPPORTED_CERTIFICATE:
-            if fields.pop(key, None):
-                self.fail((*path, key), "not supported by pygateway yet")
+        nested = self.items(fields, "snis", path)
+        fields.pop("snis", None)
         if not self.required(fields, ("cert", "key"), path):
             return None
-        return self.build(Certificate, fields, path)
+        certificate = self.build(Certificate, fields, path)
+        if certificate is not None:
+            for i, raw_sni in enumerate(nested):
+                if isinstance(raw_sni, str):
+                    raw_sni = {"name": raw_sni}
+                sni = self.sni(raw_sni, (*path, "snis", i), certificate)
+                if sni is not None:
+                    snis.append(sni)
+        return certificate
+
+    def sni(self, raw: Any, path: Path_, certificate: Certificate | None) -> SNI | None:
+        """An SNI: nested under `certificate`, or top-level naming its certificate's id."""
+        allowed = {"name", "tags", "id"} | ({"certificate"} if certificate is None else set())
+        fields = self.fields(raw, path, allowed)
+        if fields is None or not self.required(fields, ("name",), path):
+            return None
+        if certificate is not None:
+            fields["certificate"] = certificate.id
+        elif not self.required(fields, ("certificate",), path):
+            return None
+        else:
+            fields["certificate"] = _ref_id(fields["certificate"])
+        return self.build(SNI, fields, path)
 
     def ca_certificate(self, raw: Any, path: Path_) -> CACertificate | None:
         fields = self.fields(raw, path, {"cert", "cert_digest", "tags", "id"})
@@ -582,7 +610,23 @@ def dump(config: Configuration) -> dict[str, Any]:
     """The configuration as a Kong 3.0 declarative document (nested form)."""
     out: dict[str, Any] = {"_format_version": "3.0"}
     if config.certificates:
-        out["certificates"] = [entity_fields(c) for c in config.certificates]
+        out["certificates"] = certificates = []
+        for certificate in config.certificates:
+            item = entity_fields(certificate)
+            nested = [s for s in config.snis if _id_of(s.certificate) == certificate.id]
+            if nested:
+                item["snis"] = [entity_fields(s, skip=("certificate",)) for s in nested]
+            certificates.append(item)
+    listed = {c.id for c in config.certificates}
+    if any(_id_of(s.certificate) not in listed for s in config.snis):
+        out["snis"] = [
+            {
+                **entity_fields(s, skip=("certificate",)),
+                "certificate": {"id": _id_of(s.certificate)},
+            }
+            for s in config.snis
+            if _id_of(s.certificate) not in listed
+        ]
     if config.ca_certificates:
         out["ca_certificates"] = [entity_fields(c) for c in config.ca_certificates]
     if config.services:

@@ -1,5 +1,6 @@
 """The configuration entities: Service, Route, Consumer, credentials, Upstream, Target,
-and the certificates services present and trust upstream.
+the certificates services present and trust upstream, and the SNIs (server names) the
+gateway presents certificates for to its clients.
 
 Immutable attrs classes with Kong's field names, defaults and units (timeouts in ms). Each is
 checked when it is constructed, from Python or from a declarative file alike, and a problem
@@ -38,6 +39,7 @@ __all__ = [
     "Credential",
     "KeyAuthCredential",
     "Route",
+    "SNI",
     "Service",
     "Target",
     "Upstream",
@@ -530,17 +532,17 @@ def _ssl_reason(exc: Exception) -> str:
     return _SSL_LOCATION.sub("", str(text))
 
 
-def _trusting(pem: str) -> ssl.SSLContext:
+def _trusting(pem: str, field: str = "cert") -> ssl.SSLContext:
     """A context whose store holds the certificates in `pem`: OpenSSL parses each of them.
 
-    Raises ConfigurationError (on `cert`) when the text holds no certificate or a bad one.
+    Raises ConfigurationError (on `field`) when the text holds no certificate or a bad one.
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
         context.load_verify_locations(cadata=pem)
     except (ssl.SSLError, ValueError) as exc:
         raise ConfigurationError(
-            f"invalid certificate: {_ssl_reason(exc)}", path=("cert",)
+            f"invalid certificate: {_ssl_reason(exc)}", path=(field,)
         ) from None
     return context
 
@@ -555,6 +557,11 @@ class Certificate:
     """A certificate and its private key, both PEM: the client certificate a Service (or
     an Upstream, for its targets) presents to upstreams that ask for one (mTLS).
 
+    Certificates are also what the gateway presents to its own clients, for the names of
+    the `SNI`s that refer to them. There, `cert_alt`/`key_alt` may give an alternate pair of
+    the other key type (ECDSA beside RSA, or RSA beside ECDSA), for clients that support
+    only one of them; mTLS to upstreams presents the main pair only.
+
     `cert` may hold the whole chain, leaf first. The key must match the certificate
     (`certificate does not match key`) and must not be encrypted. Without an `id`, the id
     is derived from the certificate, so a reloaded file keeps it:
@@ -565,23 +572,64 @@ class Certificate:
 
     cert: str
     key: str = attrs.field(repr=False)
+    cert_alt: str | None = None
+    key_alt: str | None = attrs.field(default=None, repr=False)
     tags: Sequence[str] = field((), check=_check_tags)
     id: str | None = field(None, eq=False, check=_check_uuid)
 
     def __attrs_post_init__(self) -> None:
         _schema.validate(self)
-        _trusting(self.cert)
-        try:
-            load_cert_chain(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), self.cert, self.key)
-        except ssl.SSLError as exc:
-            if exc.reason == "KEY_VALUES_MISMATCH":
-                raise ConfigurationError("certificate does not match key") from None
-            raise ConfigurationError(f"invalid key: {_ssl_reason(exc)}", path=("key",)) from None
-        except ValueError as exc:
-            raise ConfigurationError(f"invalid key: {exc}", path=("key",)) from None
+        _check_pair(self.cert, self.key, "")
+        if (self.cert_alt is None) != (self.key_alt is None):
+            raise ConfigurationError(
+                "all or none of these fields must be set: 'cert_alt', 'key_alt'"
+            )
+        if self.cert_alt is not None and self.key_alt is not None:
+            _check_pair(self.cert_alt, self.key_alt, "_alt")
+            if _key_type(self.cert) == _key_type(self.cert_alt):
+                raise ConfigurationError(
+                    "certificate and alternative certificate need to have different type "
+                    "(e.g. RSA and ECDSA), the provided certificates were both of the same type"
+                )
         if self.id is None:
             digest = hashlib.sha256(_der(self.cert)).hexdigest()
             object.__setattr__(self, "id", entity_id("certificates", digest))
+
+
+def _check_pair(cert: str, key: str, suffix: str) -> None:
+    """The certificate parses and the key is its own (`suffix`: "" or "_alt")."""
+    _trusting(cert, f"cert{suffix}")
+    try:
+        load_cert_chain(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), cert, key)
+    except ssl.SSLError as exc:
+        # A key of another type than the certificate's: NO_CERTIFICATE_ASSIGNED.
+        if exc.reason in ("KEY_VALUES_MISMATCH", "NO_CERTIFICATE_ASSIGNED"):
+            which = "alternative certificate" if suffix else "certificate"
+            raise ConfigurationError(f"{which} does not match key") from None
+        path = (f"key{suffix}",)
+        raise ConfigurationError(f"invalid key: {_ssl_reason(exc)}", path=path) from None
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid key: {exc}", path=(f"key{suffix}",)) from None
+
+
+#: The DER of the algorithm identifiers of RSA and EC public keys: in a certificate, they
+#: appear in its public key only (signatures have algorithms of their own).
+_KEY_TYPES = {
+    "rsa": bytes.fromhex("06092a864886f70d010101"),
+    "ecdsa": bytes.fromhex("06072a8648ce3d0201"),
+}
+
+
+def _key_type(pem: str) -> str | None:
+    """ "rsa" or "ecdsa": the type of the key of the first certificate in `pem`."""
+    found = _PEM_CERTIFICATE.search(pem)
+    if found is None:
+        return None
+    der = base64.b64decode("".join(found.group(1).split()))
+    for name, oid in _KEY_TYPES.items():
+        if oid in der:
+            return name
+    return None
 
 
 @attrs.frozen(kw_only=True)
@@ -619,3 +667,48 @@ class CACertificate:
         object.__setattr__(self, "cert_digest", digest)
         if self.id is None:
             object.__setattr__(self, "id", entity_id("ca_certificates", digest))
+
+
+def check_sni_name(name: str) -> str | None:
+    """Kong's rules for an SNI name: a hostname, no port, at most one wildcard, which
+    stands for the leftmost (`*.example.com`) or the rightmost label (`example.*`)."""
+    if name.count("*") > 1:
+        return "invalid wildcard: must have at most one wildcard"
+    if "*" in name and not (name.startswith("*.") or name.endswith(".*")):
+        return "invalid wildcard: must be placed at leftmost or rightmost label"
+    host = name.replace("*", "wildcard")
+    if ":" in host:
+        return "must not have a port"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return "must not be an IP address"  # TLS clients never send one as SNI (RFC 6066)
+    return _check_host(host)
+
+
+@attrs.frozen
+class SNI:
+    """A server name the gateway answers TLS handshakes for with `certificate` (the
+    Certificate or its id): `SNI("api.example.com", certificate=cert)`.
+
+    Names are unique per gateway and may hold one wildcard, for the leftmost label
+    (`*.example.com`: one label, `a.example.com` but not `a.b.example.com`) or the
+    rightmost one (`example.*`). At a handshake the exact name wins, then the `*.` form,
+    then the `.*` form, then the server's default certificate. Names compare in lower
+    case, as hostnames do; the id is derived from the name.
+    """
+
+    name: str
+    certificate: Certificate | str = attrs.field(kw_only=True, eq=_reference, metadata=_REFERENCE)
+    tags: Sequence[str] = field((), check=_check_tags, kw_only=True)
+    id: str | None = field(None, eq=False, check=_check_uuid, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        _schema.validate(self)
+        reason = check_sni_name(self.name)
+        if reason:
+            raise ConfigurationError(reason, path=("name",))
+        if self.id is None:
+            object.__setattr__(self, "id", entity_id("snis", self.name))

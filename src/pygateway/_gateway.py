@@ -17,7 +17,16 @@ import anyio.from_thread
 import anyio.lowlevel
 import attrs
 
-from ._entities import CACertificate, Certificate, Consumer, Route, Service, Target, Upstream
+from ._entities import (
+    SNI,
+    CACertificate,
+    Certificate,
+    Consumer,
+    Route,
+    Service,
+    Target,
+    Upstream,
+)
 from ._exceptions import ConfigurationError
 from ._proxy import TrustedIPs
 from ._responses import error_response
@@ -71,8 +80,8 @@ class Gateway:
     """An API gateway as an ASGI application.
 
     Args:
-        services, routes, consumers, upstreams, plugins, certificates, ca_certificates: the
-            configuration entities. Routes are usually nested in their Service; top-level
+        services, routes, consumers, upstreams, plugins, certificates, ca_certificates,
+            snis: the configuration entities. Routes are usually nested in their Service; top-level
             `routes` name theirs with `service=`. `plugins` here are global, or placed with
             `Scoped(...)`. Certificates may also be given inline where services use them.
         engine: sends upstream requests (default `HttpxEngine()`).
@@ -110,6 +119,7 @@ class Gateway:
         plugins: Iterable[Plugin | Scoped] = (),
         certificates: Iterable[Certificate] = (),
         ca_certificates: Iterable[CACertificate] = (),
+        snis: Iterable[SNI] = (),
         engine: Engine | None = None,
         engines: Mapping[str, Engine] | None = None,
         trusted_ips: Iterable[str] = (),
@@ -129,6 +139,7 @@ class Gateway:
             "plugins": plugins,
             "certificates": certificates,
             "ca_certificates": ca_certificates,
+            "snis": snis,
         }
         if config is None:
             config = _configuration(**entities)

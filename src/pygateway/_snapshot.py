@@ -16,6 +16,7 @@ import attrs
 
 from . import _schema
 from ._entities import (
+    SNI,
     CACertificate,
     Certificate,
     Consumer,
@@ -48,6 +49,7 @@ class Configuration:
     plugins: Sequence[Plugin | Scoped] = ()
     certificates: Sequence[Certificate] = ()
     ca_certificates: Sequence[CACertificate] = ()
+    snis: Sequence[SNI] = ()
 
     def __attrs_post_init__(self) -> None:
         _schema.validate(self)  # lists become tuples, like the entities'
@@ -56,6 +58,7 @@ class Configuration:
         # alone, and `dump` writes them where `load` expects them.
         given = [s.client_certificate for s in self.services]
         given += [u.client_certificate for u in self.upstreams]
+        given += [sni.certificate for sni in self.snis]
         certificates = _listing(self.certificates, Certificate, given)
         authorities = _listing(
             self.ca_certificates,
@@ -64,6 +67,15 @@ class Configuration:
         )
         object.__setattr__(self, "certificates", certificates)
         object.__setattr__(self, "ca_certificates", authorities)
+        # SNIs in their certificates' order (stable): the order a declarative file nests
+        # them in, so that a dump loads back equal.
+        order = {c.id: i for i, c in enumerate(certificates)}
+        snis = sorted(self.snis, key=lambda s: order.get(_reference_id(s.certificate), len(order)))
+        object.__setattr__(self, "snis", tuple(snis))
+
+
+def _reference_id(value: Certificate | str) -> str | None:
+    return value if isinstance(value, str) else value.id
 
 
 def _listing(listed: Sequence[E], cls: type[E], given: Iterable[object]) -> tuple[E, ...]:
@@ -198,6 +210,7 @@ class Snapshot:
         #: By `id(service)`, for https services with CA or client certificates; and each
         #: Upstream's own client certificate (for its https health probes), by name.
         self.upstream_tls, self.upstream_certificates = _upstream_tls(config, services, errors)
+        _check_snis(config, errors)
         self._tls_kwargs = {
             key: {
                 "ca_certificates": tls.ca_certificates,
@@ -445,6 +458,22 @@ def _upstream_tls(
                 client_certificate=None if client is None else (client.cert, client.key),
             )
     return out, {name: (c.cert, c.key) for name, c in by_upstream.items()}
+
+
+def _check_snis(config: Configuration, errors: list[tuple[Path, str]]) -> None:
+    """SNI names and ids are unique, and each names a listed certificate."""
+    certificates = {c.id for c in config.certificates}
+    taken: dict[str, SNI] = {}
+    for i, sni in enumerate(config.snis):
+        _index(taken, sni, (sni.name.lower(), sni.id), ("snis", i, "name"), errors)
+        key = _reference_id(sni.certificate)
+        if key not in certificates:
+            errors.append(
+                (
+                    ("snis", i, "certificate"),
+                    f"the foreign key '{key}' does not reference an existing 'certificates' entity",
+                )
+            )
 
 
 def _fmt(path: Path) -> str:

@@ -29,7 +29,7 @@ import anyio
 import attrs
 
 from .._config import dump, load
-from .._entities import Target
+from .._entities import Target, check_sni_name
 from .._exceptions import ConfigurationError
 from .._gateway import Gateway
 from .._snapshot import Snapshot
@@ -239,7 +239,8 @@ class AdminAPI:
     def find(
         self, kind: Kind, key: str, scope: tuple[str, str] | None = None
     ) -> dict[str, Any] | None:
-        """The entity `key` names (its id, or its endpoint key), within `scope` if given."""
+        """The entity `key` names (its id, or its endpoint key; a certificate, one of its
+        SNIs' names), within `scope` if given."""
         by_id = self._entities.get(kind.name, {})
         candidates = [by_id[key]] if key in by_id else []
         if not candidates and kind.key and not looks_like_id(key):
@@ -250,6 +251,11 @@ class AdminAPI:
                 except ConfigurationError:
                     return None
             candidates = [d for d in by_id.values() if d.get(kind.key) == wanted]
+        if not candidates and kind.name == "certificates" and not looks_like_id(key):
+            # Kong: a certificate may be named by one of its SNIs.
+            sni = self.find(self.kinds["snis"], key)
+            owner = _ref_id(sni.get("certificate")) if sni is not None else None
+            candidates = [by_id[owner]] if owner in by_id else []
         for doc in candidates:
             if scope is None or _ref_id(doc.get(scope[0])) == scope[1]:
                 return doc
@@ -264,7 +270,19 @@ class AdminAPI:
         found = self._entities.get(target.name, {}).get(ref or "")
         if found is None:
             raise not_found()
-        return Response(200, target.show(found))
+        return Response(200, self.show(target, found))
+
+    def show(self, kind: Kind, doc: Mapping[str, Any]) -> dict[str, Any]:
+        """`doc` as the API shows it; a certificate with the names of its SNIs (`snis`,
+        Kong's shorthand)."""
+        out = kind.show(doc)
+        if kind.name == "certificates":
+            out["snis"] = sorted(
+                d["name"]
+                for d in self._entities.get("snis", {}).values()
+                if _ref_id(d.get("certificate")) == doc["id"]
+            )
+        return out
 
     async def collection(
         self, request: Request, kind: Kind, scope: tuple[str, str] | None
@@ -286,7 +304,7 @@ class AdminAPI:
         ]
         if kind.name == "consumers" and "custom_id" in request.query:
             docs = [d for d in docs if d.get("custom_id") == request.query["custom_id"]]
-        return page(docs, request.query, request.path, kind.show)
+        return page(docs, request.query, request.path, lambda d: self.show(kind, d))
 
     def all_targets(self, key: str, request: Request) -> Response:
         """`GET /upstreams/{u}/targets/all`: every target of the upstream, weight 0 ones
@@ -326,7 +344,7 @@ class AdminAPI:
         if method == "GET":
             if found is None:
                 raise not_found()
-            return Response(200, kind.show(found))
+            return Response(200, self.show(kind, found))
         if method == "DELETE":
             if found is not None:
                 await self.delete(kind, found["id"])
@@ -344,6 +362,8 @@ class AdminAPI:
                 doc["created_at"] = found.get("created_at")
             elif looks_like_id(key):
                 doc["id"] = key
+            elif kind.name == "certificates":
+                doc.setdefault("snis", [key])  # Kong: a new certificate with that SNI
             elif kind.key is None:
                 raise not_found()
             if kind.key is not None and not looks_like_id(key):
@@ -372,7 +392,7 @@ class AdminAPI:
 
     async def create(self, kind: Kind, doc: dict[str, Any]) -> Response:
         touched = await self._write(self._creation(kind, doc))
-        return Response(201, kind.show(self._entities[kind.name][touched[0][1]]))
+        return Response(201, self.show(kind, self._entities[kind.name][touched[0][1]]))
 
     async def validate(self, request: Request, name: str) -> Response:
         """`POST /schemas/{entity}/validate` (and `/schemas/plugins/validate`): check the
@@ -409,7 +429,7 @@ class AdminAPI:
         if not (isinstance(doc["id"], str) and looks_like_id(doc["id"])):
             raise _errors.schema_violation([(("id",), "expected a valid UUID")])
         touched = await self._write(lambda work: self._put(work, kind, doc))
-        return Response(status, kind.show(self._entities[kind.name][touched[0][1]]))
+        return Response(status, self.show(kind, self._entities[kind.name][touched[0][1]]))
 
     async def delete(self, kind: Kind, id_: str) -> None:
         def edit(work: Entities) -> Touched:
@@ -433,6 +453,7 @@ class AdminAPI:
     def _put(self, work: Entities, kind: Kind, doc: dict[str, Any]) -> Touched:
         """Store `doc` in `work` after resolving its references and checking uniqueness."""
         doc = dict(doc)
+        names = doc.pop("snis", None) if kind.name == "certificates" else None
         for field, parent in kind.parents.items():
             value = doc.get(field)
             if value is not None:
@@ -442,7 +463,50 @@ class AdminAPI:
         doc["created_at"] = doc.get("created_at") or previous.get("created_at") or now()
         doc["updated_at"] = now()
         work.setdefault(kind.name, {})[doc["id"]] = doc
-        return [(kind.name, doc["id"])]
+        touched: Touched = [(kind.name, doc["id"])]
+        if names is not None:
+            touched += self._put_snis(work, doc["id"], names)
+        return touched
+
+    def _put_snis(self, work: Entities, certificate: str, names: Any) -> Touched:
+        """Kong's `snis` shorthand on a certificate: its SNIs become exactly `names` (new
+        ones created, missing ones deleted); a name another certificate has is refused."""
+        if isinstance(names, str):  # a form's single `snis=name`
+            names = [names]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise _errors.schema_violation([(("snis",), "expected an array of strings")])
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        for i, name in enumerate(names):
+            reason = check_sni_name(name)
+            if reason is None and name in names[:i]:
+                reason = f"duplicate SNI in request: {name}"
+            if reason is not None:
+                problems.append((("snis", i), reason))
+        snis = work.setdefault("snis", {})
+        for name in names:
+            for d in snis.values():
+                owner = _ref_id(d.get("certificate"))
+                if d.get("name") == name and owner != certificate:
+                    message = f"{name} already associated with existing certificate '{owner}'"
+                    problems.append((("snis",), message))
+        if problems:
+            raise _errors.schema_violation(problems)
+        mine = {
+            d.get("name"): id_
+            for id_, d in snis.items()
+            if _ref_id(d.get("certificate")) == certificate
+        }
+        touched: Touched = []
+        for name, id_ in mine.items():
+            if name not in names:
+                del snis[id_]
+                touched.append(("snis", id_))
+        kind = self.kinds["snis"]
+        for name in names:
+            if name not in mine:
+                doc = {"id": str(uuid.uuid4()), "name": name, "certificate": {"id": certificate}}
+                touched += self._put(work, kind, doc)
+        return touched
 
     def _resolve(self, work: Entities, field: str, parent: Kind, value: Any) -> str:
         """The id a reference (`{"id": ..}`, `{"name": ..}` or a bare name/id) points at."""
@@ -656,7 +720,9 @@ class AdminAPI:
         await self._write(edit)
         entities = self._entities
         listed = {
-            kind: [self.kinds[kind].show(d) if kind in self.kinds else d for d in by_id.values()]
+            kind: [
+                self.show(self.kinds[kind], d) if kind in self.kinds else d for d in by_id.values()
+            ]
             for kind, by_id in entities.items()
         }
         return Response(201, listed)

@@ -64,8 +64,17 @@ def schema(kinds: Mapping[str, Kind], rest: list[str]) -> dict[str, Any]:
     return {"fields": _fields(kind.cls)}
 
 
+def field_types(cls: type[Any]) -> dict[str, Any]:
+    """An attrs class's field types; none for a class whose annotations cannot be resolved
+    (a plugin defined in a function, say), described untyped rather than failing."""
+    try:
+        return typing.get_type_hints(cls)
+    except (NameError, TypeError):
+        return {}
+
+
 def _fields(cls: type[Any]) -> list[dict[str, Any]]:
-    hints = typing.get_type_hints(cls)
+    hints = field_types(cls)
     out = []
     for a in attrs.fields(cls):
         if not a.init:

@@ -48,7 +48,9 @@ class Kind:
             return []
         else:
             names = [a.name for a in attrs.fields(self.cls) if a.name not in CHILDREN]
-            names += list(self.parents)
+            names += [p for p in self.parents if p not in names]
+            if self.name == "certificates":
+                names.append("snis")  # the names of its SNIs (Kong's shorthand)
         return [*names, "created_at", "updated_at"]
 
     def show(self, doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -132,7 +134,23 @@ def kinds() -> dict[str, Kind]:
             ("target",),
             CLASSES["targets"],
         ),
-        Kind("certificates", "certificates", "certificates", None, cls=CLASSES["certificates"]),
+        Kind(
+            "certificates",
+            "certificates",
+            "certificates",
+            None,
+            cls=CLASSES["certificates"],
+            cascade=(("snis", "certificate"),),
+        ),
+        Kind(
+            "snis",
+            "snis",
+            "snis",
+            "name",
+            {"certificate": "certificates"},
+            ("name",),
+            CLASSES["snis"],
+        ),
         Kind(
             "ca_certificates",
             "ca_certificates",

@@ -19,6 +19,7 @@ import attrs
 
 from .._config import dump_plugin, entity_fields, load
 from .._entities import (
+    SNI,
     CACertificate,
     Certificate,
     Consumer,
@@ -49,6 +50,7 @@ CLASSES: dict[str, type[Any]] = {
     "targets": Target,
     "certificates": Certificate,
     "ca_certificates": CACertificate,
+    "snis": SNI,
 }
 #: Fields that hold children, which the flat form lists as entities of their own.
 CHILDREN = frozenset({"routes", "plugins", "targets", "credentials", "acls", "url"})
@@ -142,6 +144,10 @@ def documents(config: Configuration, previous: Entities | None = None) -> Entiti
         add("certificates", entity_fields(certificate))
     for authority in config.ca_certificates:
         add("ca_certificates", entity_fields(authority))
+    for sni in config.snis:
+        doc = entity_fields(sni, skip=("certificate",))
+        owner = sni.certificate if isinstance(sni.certificate, str) else sni.certificate.id
+        add("snis", {**doc, "certificate": {"id": owner}})
     plugins += [(p, {}) for p in config.plugins]
     for entry, scope in plugins:
         doc = dump_plugin(entry)

@@ -23,7 +23,7 @@ import attrs
 from .._version import __version__
 from ..plugins import _registry
 from ..plugins._base import Scoped
-from ._info import _fields
+from ._info import _fields, field_types
 from ._kinds import Kind
 from ._model import CHILDREN, CLASSES
 from ._paging import DEFAULT_SIZE, MAX_SIZE
@@ -128,6 +128,12 @@ class _Builder:
         else:
             assert kind.cls is not None
             out = self.record(kind.cls, skip=CHILDREN - {"url"})
+            if kind.name == "certificates":
+                out["properties"]["snis"] = {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "the names of its SNIs (given: they replace them)",
+                }
         for field in kind.parents:
             out["properties"][field] = {
                 "anyOf": [{"$ref": _REF + "Reference"}, {"type": "string"}, {"type": "null"}]
@@ -138,7 +144,7 @@ class _Builder:
 
     def record(self, cls: type[Any], skip: frozenset[str] | set[str] = frozenset()) -> Schema:
         """An attrs class as a JSON object: the fields `/schemas` lists, typed."""
-        hints = typing.get_type_hints(cls)
+        hints = field_types(cls)
         by_alias = {a.alias or a.name: a.name for a in attrs.fields(cls)}
         properties: dict[str, Schema] = {}
         required = []

@@ -58,15 +58,16 @@ class WebSocketRefusal:
     """The server's `send` for a handshake the gateway answers with an HTTP response.
 
     `http.response.*` messages become `websocket.http.response.*` where the server supports
-    that extension, else one `websocket.close` before accepting (the server answers 403);
-    `websocket.*` messages pass through.
+    that extension (the body in one message), else one `websocket.close` before accepting
+    (the server answers 403); `websocket.*` messages pass through.
     """
 
-    __slots__ = ("send", "supported")
+    __slots__ = ("body", "send", "supported")
 
     def __init__(self, scope: Scope, send: Send) -> None:
         self.send = send
         self.supported = "websocket.http.response" in (scope.get("extensions") or {})
+        self.body: list[bytes] = []
 
     async def __call__(self, message: Message) -> None:
         kind = message["type"]
@@ -76,8 +77,11 @@ class WebSocketRefusal:
             else:
                 await self.send({"type": "websocket.close", "code": 1008})
         elif kind == "http.response.body":
-            if self.supported:
-                await self.send({**message, "type": "websocket.http.response.body"})
+            # Refusals are small; some servers (granian) take their body in one message.
+            self.body.append(message.get("body", b""))
+            if self.supported and not message.get("more_body", False):
+                body = b"".join(self.body)
+                await self.send({"type": "websocket.http.response.body", "body": body})
         else:
             await self.send(message)
 

@@ -100,6 +100,28 @@ def test_run_serves_a_declarative_config_and_proxies_through_it(
         assert "Application shutdown complete" in server.output()
 
 
+def test_run_proxies_websockets_to_a_real_websocket_client(
+    tmp_path: Path, upstream: ServerProcess
+) -> None:
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    config = _config(tmp_path, upstream.port)
+    port = free_port()
+    server = ServerProcess([*MODULE, "run", str(config), "--port", str(port)], port)
+    with server, connect(f"ws://127.0.0.1:{port}/api/chat", subprotocols=["chat"]) as ws:
+        assert ws.subprotocol == "chat"
+        ws.send("hello")
+        assert ws.recv(timeout=10) == "hello"
+        ws.send(b"\x00\x01")
+        assert ws.recv(timeout=10) == b"\x00\x01"
+        ws.send("close:4001:bye")  # EchoUpstream closes with that code and reason
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+        assert closed.value.rcvd is not None
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4001, "bye")
+
+
 def test_run_with_workers_and_trusted_ips_serves_the_config_and_believes_trusted_peers(
     tmp_path: Path, upstream: ServerProcess
 ) -> None:

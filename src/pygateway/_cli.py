@@ -429,7 +429,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(prepared, int):
             return prepared
         app, admin = prepared
-    if ssl is not None or _configuration_of(app).snis:
+    # HTTPS or not is decided here, once: a server cannot start TLS on a listening socket.
+    snis = bool(_configuration_of(app).snis)
+    if ssl is not None or snis:
         if not _sni_capable():
             if ssl is None:
                 print(
@@ -438,9 +440,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return 2
+            _warn(
+                "this uvicorn has no ssl_context_factory: every client gets the "
+                "--ssl-certfile certificate, and the SNIs of the configuration are ignored "
+                "(pip install -U uvicorn)"
+            )
         else:
             ssl = {**(ssl or {}), "ssl_context_factory": _ssl_context}
+    elif admin is not None or args.store != "memory://":
+        _warn(
+            "serving plain HTTP: certificates and SNIs added later (Admin API or store) "
+            "are not served until a restart; start with --ssl-certfile/--ssl-keyfile, or "
+            "with SNIs in the configuration, to serve HTTPS"
+        )
     return _serve(app, host, port, args.workers, args.log_level, status, log_config, admin, ssl)
+
+
+def _warn(message: str) -> None:
+    print(f"pygateway: warning: {message}", file=sys.stderr)
 
 
 def _sni_capable() -> bool:

@@ -259,14 +259,14 @@ class _Loader:
             for i, raw in enumerate(self.items(data, "plugins", ()))
             if (p := self.plugin(raw, ("plugins", i), top_level=True)) is not None
         ]
-        snis: list[SNI] = []
+        snis: list[tuple[SNI, Path_]] = []  # with where each is, for the snapshot's errors
         certificates = [
             cert
             for i, raw in enumerate(self.items(data, "certificates", ()))
             if (cert := self.certificate(raw, ("certificates", i), snis)) is not None
         ]
         snis += [
-            sni
+            (sni, ("snis", i))
             for i, raw in enumerate(self.items(data, "snis", ()))
             if (sni := self.sni(raw, ("snis", i), None)) is not None
         ]
@@ -286,8 +286,8 @@ class _Loader:
                 plugins=tuple(plugins),
                 certificates=tuple(certificates),
                 ca_certificates=tuple(ca_certificates),
-                snis=tuple(snis),
-            )
+                snis=tuple(sni for sni, _ in snis),
+            ).with_sni_paths([path for _, path in snis])
         except ConfigurationError:
             raise
 
@@ -408,7 +408,9 @@ class _Loader:
             return None
         return self.build(Target, fields, path)
 
-    def certificate(self, raw: Any, path: Path_, snis: list[SNI]) -> Certificate | None:
+    def certificate(
+        self, raw: Any, path: Path_, snis: list[tuple[SNI, Path_]]
+    ) -> Certificate | None:
         """A certificate; its nested `snis` (names, or records) are added to `snis`."""
         allowed = {a.name for a in attrs.fields(Certificate)} | {"snis"}
         fields = self.fields(raw, path, allowed)
@@ -425,7 +427,7 @@ class _Loader:
                     raw_sni = {"name": raw_sni}
                 sni = self.sni(raw_sni, (*path, "snis", i), certificate)
                 if sni is not None:
-                    snis.append(sni)
+                    snis.append((sni, (*path, "snis", i)))
         return certificate
 
     def sni(self, raw: Any, path: Path_, certificate: Certificate | None) -> SNI | None:

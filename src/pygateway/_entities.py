@@ -612,24 +612,43 @@ def _check_pair(cert: str, key: str, suffix: str) -> None:
         raise ConfigurationError(f"invalid key: {exc}", path=(f"key{suffix}",)) from None
 
 
-#: The DER of the algorithm identifiers of RSA and EC public keys: in a certificate, they
-#: appear in its public key only (signatures have algorithms of their own).
-_KEY_TYPES = {
-    "rsa": bytes.fromhex("06092a864886f70d010101"),
-    "ecdsa": bytes.fromhex("06072a8648ce3d0201"),
-}
-
-
-def _key_type(pem: str) -> str | None:
-    """ "rsa" or "ecdsa": the type of the key of the first certificate in `pem`."""
+def _key_type(pem: str) -> bytes | None:
+    """The type of the key of the first certificate in `pem`: the algorithm OID of its
+    SubjectPublicKeyInfo (DER), as Kong compares them (its key type NIDs): RSA, EC,
+    Ed25519 and Ed448 are four types. None if the certificate cannot be walked."""
     found = _PEM_CERTIFICATE.search(pem)
     if found is None:
         return None
     der = base64.b64decode("".join(found.group(1).split()))
-    for name, oid in _KEY_TYPES.items():
-        if oid in der:
-            return name
-    return None
+    try:
+        _, start, end = _der_item(der, 0)  # Certificate ::= SEQUENCE
+        _, start, end = _der_item(der, start)  # tbsCertificate ::= SEQUENCE
+        tag, _, after = _der_item(der, start)
+        if tag == 0xA0:  # [0] version, when not v1
+            start = after
+        # serialNumber, signature, issuer, validity, subject; then subjectPublicKeyInfo.
+        for _ in range(5):
+            start = _der_item(der, start)[2]
+        _, start, _ = _der_item(der, start)  # SubjectPublicKeyInfo ::= SEQUENCE
+        _, start, _ = _der_item(der, start)  # algorithm AlgorithmIdentifier ::= SEQUENCE
+        tag, start, end = _der_item(der, start)  # its OBJECT IDENTIFIER
+    except IndexError:
+        return None
+    return der[start:end] if tag == 0x06 else None
+
+
+def _der_item(der: bytes, at: int) -> tuple[int, int, int]:
+    """The DER item at `at`: (its tag, where its content starts, where it ends). Raises
+    IndexError when the bytes end before it does."""
+    tag, length = der[at], der[at + 1]
+    start = at + 2
+    if length & 0x80:  # the long form: the length in the next (length & 0x7F) bytes
+        count = length & 0x7F
+        length = int.from_bytes(der[start : start + count], "big")
+        start += count
+    if start + length > len(der):
+        raise IndexError("truncated DER")
+    return tag, start, start + length
 
 
 @attrs.frozen(kw_only=True)
@@ -670,22 +689,38 @@ class CACertificate:
 
 
 def check_sni_name(name: str) -> str | None:
-    """Kong's rules for an SNI name: a hostname, no port, at most one wildcard, which
-    stands for the leftmost (`*.example.com`) or the rightmost label (`example.*`)."""
-    if name.count("*") > 1:
-        return "invalid wildcard: must have at most one wildcard"
-    if "*" in name and not (name.startswith("*.") or name.endswith(".*")):
-        return "invalid wildcard: must be placed at leftmost or rightmost label"
+    """Kong's rules for an SNI name (its `wildcard_host` type, and its messages): a host
+    name, no port, no IP, at most one wildcard, first or last. Stricter than Kong where a
+    name could never match a TLS client's: the wildcard stands for a whole label
+    (`*.example.com`, `example.*`; not `*example.com`), and no trailing dot (clients send
+    none). `*` alone is the catch-all: the certificate for names no other SNI matches."""
+    if name == "*":
+        return None
+    if "*" in name:
+        if name.index("*") not in (0, len(name) - 1):
+            return "wildcard must be leftmost or rightmost character"
+        if name.count("*") > 1:
+            return "only one wildcard must be specified"
+        if not (name.startswith("*.") or name.endswith(".*")) or name in ("*.", ".*"):
+            return "wildcard must stand for a whole label: *.example.com or example.*"
     host = name.replace("*", "wildcard")
-    if ":" in host:
-        return "must not have a port"
+    if host.startswith("[") or host.count(":") > 1:
+        host = host.strip("[]")  # an IPv6 address, maybe with a port: [::1]:443
+        host = host.rpartition("]:")[0] or host
     try:
-        ipaddress.ip_address(host)
+        ipaddress.ip_address(host.rpartition(":")[0] if host.count(":") == 1 else host)
     except ValueError:
         pass
     else:
-        return "must not be an IP address"  # TLS clients never send one as SNI (RFC 6066)
-    return _check_host(host)
+        return "must not be an IP"  # TLS clients never send one as SNI (RFC 6066)
+    _, colon, port = host.rpartition(":")
+    if colon and port.isdigit():
+        return "must not have a port"
+    if host.endswith("."):
+        return f"invalid value: {name} (a server name has no trailing dot)"
+    if _check_host(host) is not None:
+        return f"invalid value: {name}"
+    return None
 
 
 @attrs.frozen
@@ -693,11 +728,12 @@ class SNI:
     """A server name the gateway answers TLS handshakes for with `certificate` (the
     Certificate or its id): `SNI("api.example.com", certificate=cert)`.
 
-    Names are unique per gateway and may hold one wildcard, for the leftmost label
-    (`*.example.com`: one label, `a.example.com` but not `a.b.example.com`) or the
-    rightmost one (`example.*`). At a handshake the exact name wins, then the `*.` form,
-    then the `.*` form, then the server's default certificate. Names compare in lower
-    case, as hostnames do; the id is derived from the name.
+    Names are unique per gateway (whatever their case) and may hold one wildcard, for the
+    leftmost label (`*.example.com`: one label, `a.example.com` but not `a.b.example.com`)
+    or the rightmost one (`example.*`); `*` alone is the catch-all. At a handshake the
+    exact name wins, then the `*.` form, then the `.*` form, then `*`, then the server's
+    default certificate (Kong's order). Names compare in lower case, as hostnames do; the
+    id is derived from the name.
     """
 
     name: str

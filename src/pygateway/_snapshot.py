@@ -9,6 +9,7 @@ instances need a lookup per request; everything else is decided here.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -49,7 +50,9 @@ class Configuration:
     plugins: Sequence[Plugin | Scoped] = ()
     certificates: Sequence[Certificate] = ()
     ca_certificates: Sequence[CACertificate] = ()
-    snis: Sequence[SNI] = ()
+    #: In the caller's order; two configurations with the same SNIs in another order are
+    #: equal (a dump nests them under their certificates, so loads them back reordered).
+    snis: Sequence[SNI] = attrs.field(default=(), eq=lambda snis: _by_name(snis))
 
     def __attrs_post_init__(self) -> None:
         _schema.validate(self)  # lists become tuples, like the entities'
@@ -67,11 +70,30 @@ class Configuration:
         )
         object.__setattr__(self, "certificates", certificates)
         object.__setattr__(self, "ca_certificates", authorities)
-        # SNIs in their certificates' order (stable): the order a declarative file nests
-        # them in, so that a dump loads back equal.
-        order = {c.id: i for i, c in enumerate(certificates)}
-        snis = sorted(self.snis, key=lambda s: order.get(_reference_id(s.certificate), len(order)))
-        object.__setattr__(self, "snis", tuple(snis))
+
+    @property
+    def sni_paths(self) -> tuple[Path, ...]:
+        """Where each SNI came from, for errors: `("snis", k)`, or `("certificates", 0,
+        "snis", 1)` for one a declarative file nests under its certificate."""
+        paths = _SNI_PATHS.get(id(self))
+        return paths or tuple(("snis", k) for k in range(len(self.snis)))
+
+    def with_sni_paths(self, paths: Sequence[Path]) -> Configuration:
+        """This configuration, its errors about SNIs reported at `paths` (one per SNI).
+        Not a field: where a configuration came from is not part of its value (nor of
+        `attrs.asdict`, which gives Gateway's arguments)."""
+        if len(paths) == len(self.snis) and id(self) not in _SNI_PATHS:
+            _SNI_PATHS[id(self)] = tuple(paths)
+            weakref.finalize(self, _SNI_PATHS.pop, id(self), None)
+        return self
+
+
+#: id(configuration) -> its SNIs' paths, while it lives (see `with_sni_paths`).
+_SNI_PATHS: dict[int, tuple[Path, ...]] = {}
+
+
+def _by_name(snis: Sequence[SNI]) -> tuple[SNI, ...]:
+    return tuple(sorted(snis, key=lambda s: (s.name.lower(), s.name)))
 
 
 def _reference_id(value: Certificate | str) -> str | None:
@@ -464,13 +486,13 @@ def _check_snis(config: Configuration, errors: list[tuple[Path, str]]) -> None:
     """SNI names and ids are unique, and each names a listed certificate."""
     certificates = {c.id for c in config.certificates}
     taken: dict[str, SNI] = {}
-    for i, sni in enumerate(config.snis):
-        _index(taken, sni, (sni.name.lower(), sni.id), ("snis", i, "name"), errors)
+    for sni, path in zip(config.snis, config.sni_paths, strict=True):
+        _index(taken, sni, (sni.name.lower(), sni.id), (*path, "name"), errors)
         key = _reference_id(sni.certificate)
         if key not in certificates:
             errors.append(
                 (
-                    ("snis", i, "certificate"),
+                    (*path, "certificate"),
                     f"the foreign key '{key}' does not reference an existing 'certificates' entity",
                 )
             )

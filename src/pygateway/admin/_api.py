@@ -362,14 +362,14 @@ class AdminAPI:
                 doc["created_at"] = found.get("created_at")
             elif looks_like_id(key):
                 doc["id"] = key
-            elif kind.name == "certificates":
-                doc.setdefault("snis", [key])  # Kong: a new certificate with that SNI
-            elif kind.key is None:
+            elif kind.key is None and kind.name != "certificates":
                 raise not_found()
             if kind.key is not None and not looks_like_id(key):
                 doc[kind.key] = key  # the name in the URL wins, as in Kong
             if scope is not None:
                 doc[scope[0]] = {"id": scope[1]}
+            if kind.name == "certificates":
+                doc["snis"] = _put_names(doc.get("snis"), None if looks_like_id(key) else key)
             return await self.update(kind, doc, 200)
         raise _method_not_allowed()
 
@@ -453,7 +453,8 @@ class AdminAPI:
     def _put(self, work: Entities, kind: Kind, doc: dict[str, Any]) -> Touched:
         """Store `doc` in `work` after resolving its references and checking uniqueness."""
         doc = dict(doc)
-        names = doc.pop("snis", None) if kind.name == "certificates" else None
+        # `snis` absent: the certificate's SNIs are left as they are; null: all deleted.
+        names = doc.pop("snis", _ABSENT) if kind.name == "certificates" else _ABSENT
         for field, parent in kind.parents.items():
             value = doc.get(field)
             if value is not None:
@@ -464,8 +465,8 @@ class AdminAPI:
         doc["updated_at"] = now()
         work.setdefault(kind.name, {})[doc["id"]] = doc
         touched: Touched = [(kind.name, doc["id"])]
-        if names is not None:
-            touched += self._put_snis(work, doc["id"], names)
+        if names is not _ABSENT:
+            touched += self._put_snis(work, doc["id"], [] if names is None else names)
         return touched
 
     def _put_snis(self, work: Entities, certificate: str, names: Any) -> Touched:
@@ -475,35 +476,43 @@ class AdminAPI:
             names = [names]
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise _errors.schema_violation([(("snis",), "expected an array of strings")])
+        seen: set[str] = set()
+        for name in names:
+            # Kong's first check, before any name's own: the list has no name twice.
+            if name.lower() in seen:
+                raise _errors.schema_violation([(("snis",), f"{name} is duplicated")])
+            seen.add(name.lower())
         problems: list[tuple[tuple[str | int, ...], str]] = []
         for i, name in enumerate(names):
             reason = check_sni_name(name)
-            if reason is None and name in names[:i]:
-                reason = f"duplicate SNI in request: {name}"
             if reason is not None:
                 problems.append((("snis", i), reason))
         snis = work.setdefault("snis", {})
         for name in names:
             for d in snis.values():
                 owner = _ref_id(d.get("certificate"))
-                if d.get("name") == name and owner != certificate:
+                if _lower(d.get("name")) == name.lower() and owner != certificate:
                     message = f"{name} already associated with existing certificate '{owner}'"
                     problems.append((("snis",), message))
         if problems:
             raise _errors.schema_violation(problems)
         mine = {
-            d.get("name"): id_
+            _lower(d.get("name")): id_
             for id_, d in snis.items()
             if _ref_id(d.get("certificate")) == certificate
         }
         touched: Touched = []
-        for name, id_ in mine.items():
-            if name not in names:
+        for name, id_ in list(mine.items()):
+            if name not in seen:
                 del snis[id_]
                 touched.append(("snis", id_))
+            elif snis[id_].get("name") not in names:  # the same name in another case
+                del snis[id_]
+                touched.append(("snis", id_))
+                del mine[name]
         kind = self.kinds["snis"]
         for name in names:
-            if name not in mine:
+            if name.lower() not in mine:
                 doc = {"id": str(uuid.uuid4()), "name": name, "certificate": {"id": certificate}}
                 touched += self._put(work, kind, doc)
         return touched
@@ -545,6 +554,10 @@ class AdminAPI:
                     for d in others
                 ):
                     raise _errors.unique_violation({"target": value, "upstream": {"id": upstream}})
+            elif kind.name == "snis" and isinstance(value, str):
+                # Host names: `Y.test` is taken when `y.test` is.
+                if any(_lower(d.get(field)) == value.lower() for d in others):
+                    raise _errors.unique_violation({field: value})
             elif any(d.get(field) == value for d in others):
                 raise _errors.unique_violation({field: value})
         if kind.name == "acls":
@@ -764,6 +777,28 @@ def _ref_id(value: Any) -> str | None:
 #: The fields that hold records, which PATCH merges field by field (it replaces the others,
 #: references and arrays included).
 _RECORDS = frozenset({"config", "healthchecks"})
+
+
+_ABSENT: Any = object()
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _put_names(names: Any, name: str | None) -> Any:
+    """Kong's PUT /certificates/{c} `snis`: not given, none (null); given with an SNI name in
+    the URL, that name is added to them when missing."""
+    if names is None:
+        return None
+    if isinstance(names, str):  # a form's single `snis=name`
+        names = [names]
+    mentioned = isinstance(names, list) and any(
+        isinstance(n, str) and n.lower() == (name or "").lower() for n in names
+    )
+    if name is not None and isinstance(names, list) and not mentioned:
+        names = [*names, name]
+    return names
 
 
 def _merge(

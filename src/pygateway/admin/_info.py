@@ -61,7 +61,11 @@ def schema(kinds: Mapping[str, Kind], rest: list[str]) -> dict[str, Any]:
     if kind is None or kind.cls is None:
         name = rest[0] if rest else ""
         raise ApiError(404, {"message": f"No entity named '{name}'"})
-    return {"fields": _fields(kind.cls)}
+    fields = _fields(kind.cls)
+    if kind.name == "certificates":
+        # Kong's shorthand: the names of its SNIs, created, replaced or (null) deleted.
+        fields.append({"snis": {"type": "array", "elements": {"type": "string"}}})
+    return {"fields": fields}
 
 
 def field_types(cls: type[Any]) -> dict[str, Any]:

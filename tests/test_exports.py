@@ -13,6 +13,7 @@ import pygateway.balancers
 import pygateway.engines
 import pygateway.plugins
 import pygateway.stores
+import pygateway.testing
 
 EXPECTED = {
     pygateway.admin: ["AdminAPI", "FollowingGateway"],
@@ -140,8 +141,21 @@ EXPECTED = {
         "Engine",
         "HttpxEngine",
         "MockEngine",
+        "NativeEngine",
         "UpstreamRequest",
         "UpstreamResponse",
+        "UpstreamWebSocket",
+        "WebSocketClosed",
+    ],
+    pygateway.testing: [
+        "EchoUpstream",
+        "StreamingASGITransport",
+        "WebSocket",
+        "WebSocketClosed",
+        "WebSocketRejected",
+        "client",
+        "echo_engine",
+        "websocket_connect",
     ],
 }
 

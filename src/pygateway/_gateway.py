@@ -37,7 +37,7 @@ from ._version import __version__
 from ._websocket import WebSocketRefusal
 from .balancers._dns import Resolver
 from .balancers._pool import UpstreamPool
-from .engines import Engine, HttpxEngine
+from .engines import Engine, NativeEngine
 from .plugins._base import Plugin, Scoped
 
 __all__ = ["Gateway", "GatewayMiddleware", "Settings"]
@@ -84,7 +84,7 @@ class Gateway:
             snis: the configuration entities. Routes are usually nested in their Service; top-level
             `routes` name theirs with `service=`. `plugins` here are global, or placed with
             `Scoped(...)`. Certificates may also be given inline where services use them.
-        engine: sends upstream requests (default `HttpxEngine()`).
+        engine: sends upstream requests (default `NativeEngine()`).
         engines: engines for particular upstream hosts, by Service host / Upstream name, e.g.
             `{"users.internal": ASGIEngine(users_app)}`.
         trusted_ips: peers (IPs or CIDRs) whose X-Forwarded-* and real-IP headers are believed.
@@ -177,7 +177,7 @@ class Gateway:
         self.resolver = Resolver(list(dns_servers) if dns_servers is not None else None)
         #: Identifies this gateway (node) in health reports and, later, in a cluster.
         self.node_id = str(uuid.uuid4())
-        self.engine: Engine = engine if engine is not None else HttpxEngine()
+        self.engine: Engine = engine if engine is not None else NativeEngine()
         self.engines: dict[str, Engine] = dict(engines or {})
         #: One pool per Upstream name, for the gateway's life (see `configure`).
         self.pools: dict[str, UpstreamPool] = {}

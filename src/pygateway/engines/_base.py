@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from .._exceptions import UpstreamConnectError
 from .._types import RawHeaders
 
 if TYPE_CHECKING:
@@ -90,6 +91,51 @@ def load_cert_chain(context: ssl.SSLContext, cert: str, key: str) -> None:
             with os.fdopen(fd, "w", encoding="utf-8") as file:
                 file.write(text)
         context.load_cert_chain(cert_file, key_file, password=_no_passphrase)
+
+
+def client_ssl_context(
+    verify: bool, authorities: tuple[str, ...], client: tuple[str, str] | None
+) -> ssl.SSLContext:
+    """A client-side TLS context for one setting.
+
+    `authorities`, when given, replace the system's store (Kong's semantics for a service's
+    CA certificates); `client` is a (certificate chain, key) pair, sent whenever the server
+    asks, verified or not. Unusable material raises `UpstreamConnectError` (a 502).
+    """
+    try:
+        if not verify:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        elif authorities:
+            context = ssl.create_default_context(cadata="\n".join(authorities))
+        else:
+            context = ssl.create_default_context()
+        if client is not None:
+            load_cert_chain(context, *client)
+    except (ssl.SSLError, ValueError) as exc:
+        raise UpstreamConnectError(f"unusable TLS settings: {exc}") from exc
+    return context
+
+
+#: What a client TLS context is built from: (tls_verify, CA PEM texts, (cert, key) or None).
+TLSSetting = tuple[bool, tuple[str, ...], tuple[str, str] | None]
+
+
+class TLSContexts:
+    """One client context per distinct TLS setting, built when first needed and kept for
+    the owner's life (an engine's: the system store is read when its context is built)."""
+
+    __slots__ = ("_contexts",)
+
+    def __init__(self) -> None:
+        self._contexts: dict[TLSSetting, ssl.SSLContext] = {}
+
+    def get(self, setting: TLSSetting) -> ssl.SSLContext:
+        context = self._contexts.get(setting)
+        if context is None:
+            context = self._contexts[setting] = client_ssl_context(*setting)
+        return context
 
 
 def _no_passphrase() -> bytes:
@@ -191,7 +237,7 @@ class Engine:
         """
         from ._websocket import connect_network_websocket
 
-        return await connect_network_websocket(request)
+        return await connect_network_websocket(request, TLSContexts())
 
     async def aclose(self) -> None:
         """Release connections and other resources. The gateway calls it on shutdown."""

@@ -9,7 +9,6 @@ name, or presenting one client certificate, is never reused for another.
 from __future__ import annotations
 
 import contextlib
-import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from typing import Any
@@ -22,15 +21,14 @@ from .._exceptions import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from ._base import Engine, UpstreamRequest, UpstreamResponse, load_cert_chain
+from ._base import Engine, TLSContexts, TLSSetting, UpstreamRequest, UpstreamResponse
+from ._websocket import UpstreamWebSocket, connect_network_websocket
 
 __all__ = ["HttpxEngine"]
 
-#: What an SSLContext is built from: (tls_verify, CA PEM texts, (cert PEM, key PEM) or None).
-_TLSKey = tuple[bool, tuple[str, ...], tuple[str, str] | None]
 
 
-_PoolKey = tuple[str, str, int, str | None, _TLSKey | None]
+_PoolKey = tuple[str, str, int, str | None, TLSSetting | None]
 
 
 class _Pool:
@@ -116,7 +114,7 @@ class HttpxEngine(Engine):
         self._http2 = http2
         self._keepalive_expiry = keepalive_expiry
         self._transports: dict[_PoolKey, _Pool] = {}
-        self._contexts: dict[_TLSKey, ssl.SSLContext] = {}
+        self._tls = TLSContexts()
         self._next_sweep = time.monotonic() + keepalive_expiry
 
     def _pool(self, request: UpstreamRequest) -> _Pool:
@@ -124,7 +122,7 @@ class HttpxEngine(Engine):
         # the name it was opened (SNI) and verified for, and to the client certificate it
         # presented, so each name and each TLS setting needs a pool of its own.
         server_name: str | None = None
-        tls: _TLSKey | None = None
+        tls: TLSSetting | None = None
         if request.scheme == "https":
             server_name = request.server_name or request.host
             tls = (request.tls_verify, request.ca_certificates, request.client_certificate)
@@ -132,7 +130,7 @@ class HttpxEngine(Engine):
         pool = self._transports.get(key)
         if pool is None:
             transport = httpx.AsyncHTTPTransport(
-                verify=False if tls is None else self._ssl_context(tls),
+                verify=False if tls is None else self._tls.get(tls),
                 limits=self._limits,
                 http2=self._http2,
                 trust_env=False,
@@ -154,26 +152,6 @@ class HttpxEngine(Engine):
         ]
         for key in stale:
             await self._transports.pop(key).transport.aclose()
-
-    def _ssl_context(self, tls: _TLSKey) -> ssl.SSLContext:
-        """One context per distinct TLS setting, shared by every pool that uses it."""
-        context = self._contexts.get(tls)
-        if context is None:
-            verify, authorities, client = tls
-            if not verify:
-                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            elif authorities:
-                # Kong's semantics: a service's CA certificates replace the system's store.
-                context = ssl.create_default_context(cadata="\n".join(authorities))
-            else:
-                context = ssl.create_default_context()
-            if client is not None:
-                # Sent whenever the upstream asks, verified or not.
-                load_cert_chain(context, *client)
-            self._contexts[tls] = context
-        return context
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         headers = request.headers
@@ -234,9 +212,15 @@ class HttpxEngine(Engine):
             http_version=version.decode("ascii", "replace").removeprefix("HTTP/"),
         )
 
+    async def connect_websocket(
+        self, request: UpstreamRequest
+    ) -> UpstreamWebSocket | UpstreamResponse:
+        """A WebSocket over the network, with this engine's TLS contexts."""
+        return await connect_network_websocket(request, self._tls)
+
     async def aclose(self) -> None:
         pools, self._transports = self._transports, {}
-        self._contexts = {}
+        self._tls = TLSContexts()
         for pool in pools.values():
             await pool.transport.aclose()
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -31,7 +30,7 @@ from .._exceptions import (
     UpstreamTimeout,
 )
 from .._types import ASGIApp, Message, RawHeaders
-from ._base import UpstreamRequest, UpstreamResponse, load_cert_chain
+from ._base import TLSContexts, UpstreamRequest, UpstreamResponse
 
 if TYPE_CHECKING:
     from wsproto import WSConnection
@@ -40,7 +39,6 @@ __all__ = [
     "MessageTooBig",
     "UpstreamWebSocket",
     "WebSocketClosed",
-    "client_ssl_context",
     "connect_asgi_websocket",
     "connect_network_websocket",
 ]
@@ -119,42 +117,21 @@ def split_protocols(headers: RawHeaders) -> list[str]:
     ]
 
 
-@lru_cache(maxsize=64)
-def client_ssl_context(
-    verify: bool, authorities: tuple[str, ...], client: tuple[str, str] | None
-) -> ssl.SSLContext:
-    """The client-side TLS context for one distinct setting (shared by every connection).
-
-    `authorities`, when given, replace the system's store (Kong's semantics for a service's
-    CA certificates); `client` is a (certificate chain, key) pair sent when the server asks.
-    """
-    if not verify:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    elif authorities:
-        context = ssl.create_default_context(cadata="\n".join(authorities))
-    else:
-        context = ssl.create_default_context()
-    if client is not None:
-        load_cert_chain(context, *client)
-    return context
-
-
 # -- over the network ---------------------------------------------------------------------
 
 
 async def connect_network_websocket(
-    request: UpstreamRequest,
+    request: UpstreamRequest, contexts: TLSContexts
 ) -> UpstreamWebSocket | UpstreamResponse:
-    """Open a TCP (and TLS, for https) connection and perform the client handshake."""
+    """Open a TCP (and TLS, for https) connection and perform the client handshake; TLS
+    contexts come from `contexts` (an engine's)."""
     try:
         import wsproto  # noqa: F401
     except ImportError:
         raise RuntimeError(
             "proxying WebSockets needs wsproto: pip install 'pygateway[websockets]'"
         ) from None
-    stream = await _connect(request)
+    stream = await _connect(request, contexts)
     try:
         answer = await _handshake(stream, request)
     except BaseException:
@@ -165,13 +142,13 @@ async def connect_network_websocket(
     return answer
 
 
-async def _connect(request: UpstreamRequest) -> anyio.abc.ByteStream:
+async def _connect(request: UpstreamRequest, contexts: TLSContexts) -> anyio.abc.ByteStream:
     try:
         with anyio.fail_after(request.connect_timeout):
             stream: anyio.abc.ByteStream = await anyio.connect_tcp(request.host, request.port)
             if request.scheme == "https":
-                context = client_ssl_context(
-                    request.tls_verify, request.ca_certificates, request.client_certificate
+                context = contexts.get(
+                    (request.tls_verify, request.ca_certificates, request.client_certificate)
                 )
                 try:
                     stream = await TLSStream.wrap(

@@ -1,4 +1,4 @@
-"""Developer tasks: `nox -s tests lint typing docs demo bench fault`.
+"""Developer tasks: `nox -s tests lint typing docs demo bench micro fault`.
 
 Sessions use the running interpreter (this project targets 3.11+; no interpreter list, so a
 CI machine with a single Python never fails on a missing one).
@@ -48,10 +48,23 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks: router scaling, proxies side by side (../shared/bench), `fault`."""
+    """Benchmarks: a 1 GiB body streamed through (peak RSS), proxies side by side with the
+    baselines of ../shared/bench (summary.json/.md, plot.png, the budget), router scaling,
+    `fault`. Arguments go to benchmarks/run.py (`-- --quick`, `-- --group servers`)."""
     session.install("-e", ".[test]")
+    # First, so that run.py's budget lines include its figures; a miss is reported there.
+    session.run("python", "benchmarks/stream_rss.py", success_codes=[0, 1])
     session.run("python", "benchmarks/run.py", *session.posargs)
     session.run("python", "benchmarks/fault_under_load.py")
+
+
+@nox.session
+def micro(session: nox.Session) -> None:
+    """Micro-benchmarks without a server: router match (1/100/10,000 routes; prefix, host,
+    regex), plugin dispatch (0/1/5 no-op plugins), header building. `-- --quick` for a
+    smoke run."""
+    session.install("-e", ".")
+    session.run("python", "benchmarks/micro.py", *session.posargs)
 
 
 @nox.session

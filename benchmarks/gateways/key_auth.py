@@ -6,11 +6,9 @@ request (a list append, well under a microsecond) before the gateway sees it.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pygateway as gw
 
-from . import UPSTREAM_URL, engine
+from . import UPSTREAM_URL, consumers, engine, with_api_key
 
 gateway = gw.Gateway(
     services=[
@@ -20,17 +18,8 @@ gateway = gw.Gateway(
             routes=[gw.Route(name="all", paths=["/"], plugins=[gw.plugins.KeyAuth()])],
         ),
     ],
-    consumers=[
-        gw.Consumer(username=f"user-{i}", credentials=[gw.KeyAuthCredential(key=f"bench-key-{i}")])
-        for i in range(1000)
-    ],
+    consumers=consumers(),
     engine=engine(),
 )
 
-_KEY = (b"apikey", b"bench-key-500")
-
-
-async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] == "http":
-        scope["headers"] = [*scope["headers"], _KEY]
-    await gateway(scope, receive, send)
+app = with_api_key(gateway)

@@ -21,7 +21,9 @@ import pytest
 from serverutil import PYTHON, ServerProcess, free_port
 from upstreams import wait_until
 
+from pygateway import UpstreamError
 from pygateway.engines import UpstreamRequest, UpstreamResponse
+from pygateway.engines._base import TLSContexts
 from pygateway.engines._websocket import (
     UpstreamWebSocket,
     WebSocketClosed,
@@ -71,7 +73,7 @@ async def app(scope, receive, send):
         accept["subprotocol"] = offered[-1]  # the upstream's choice, not the first offer
     await send(accept)
     if path == "/headers":
-        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        headers = [[k.decode(), v.decode()] for k, v in scope["headers"]]
         await send({"type": "websocket.send", "text": json.dumps(headers)})
     elif path.startswith("/flood/"):
         for i in range(int(path.rsplit("/", 1)[1])):
@@ -111,6 +113,12 @@ gateway = gw.Gateway(
         ),
         gw.Service(
             name="idle", url=upstream, read_timeout=500, routes=[gw.Route(paths=["/idle"])]
+        ),
+        gw.Service(
+            name="pinged",
+            url="http://127.0.0.1:" + os.environ["PINGING_PORT"],
+            read_timeout=1000,
+            routes=[gw.Route(paths=["/pinged"])],
         ),
         gw.Service(
             name="limited",
@@ -210,14 +218,29 @@ def upstream(app_dir: Path) -> Iterator[ServerProcess]:
         yield server
 
 
+@pytest.fixture(scope="module")
+def pinging(app_dir: Path) -> Iterator[ServerProcess]:
+    """The same upstream, under a uvicorn that pings each WebSocket every 0.2 s."""
+    port = free_port()
+    argv = [PYTHON, "-m", "uvicorn", "wsupstream:app", "--host", "127.0.0.1"]
+    argv += ["--port", str(port), "--log-level", "warning", "--ws", "wsproto"]
+    argv += ["--ws-ping-interval", "0.2", "--ws-ping-timeout", "5"]
+    with ServerProcess(argv, port, cwd=app_dir) as server:
+        yield server
+
+
 @pytest.fixture(scope="module", params=list(SERVERS))
 def gateway(
-    request: pytest.FixtureRequest, app_dir: Path, upstream: ServerProcess
+    request: pytest.FixtureRequest,
+    app_dir: Path,
+    upstream: ServerProcess,
+    pinging: ServerProcess,
 ) -> Iterator[ServerProcess]:
     port = free_port()
     env = {
         "PYTHONPATH": os.pathsep.join([str(app_dir), os.environ.get("PYTHONPATH", "")]),
         "UPSTREAM_PORT": str(upstream.port),
+        "PINGING_PORT": str(pinging.port),
         "REFUSED_PORT": str(free_port()),
     }
     with ServerProcess(SERVERS[request.param](port), port, env=env, cwd=app_dir) as server:
@@ -239,7 +262,7 @@ async def connect(
     request = UpstreamRequest(
         "GET", "http", "127.0.0.1", server.port, path.encode(), raw, read_timeout=30
     )
-    return await connect_network_websocket(request)
+    return await connect_network_websocket(request, TLSContexts())
 
 
 async def accepted(server: ServerProcess, path: str, **kwargs: object) -> UpstreamWebSocket:
@@ -356,7 +379,7 @@ async def test_a_client_that_vanishes_closes_the_upstream_as_going_away(
     await ws.aclose()  # the TCP connection drops, no close frame
     await wait_until(lambda: upstream_saw_close(upstream, key) is not None)
     # hypercorn reports the loss as 1006 (relayed as 1001, going away); uvicorn as 1005
-    # (relayed as a close frame with no code, which the upstream's uvicorn reports as 1000).
+    # (relayed as a close frame without a code, which the upstream's uvicorn reports as 1000).
     assert upstream_saw_close(upstream, key) in ([1001, ""], [1000, ""])
 
 
@@ -377,19 +400,59 @@ async def test_the_subprotocol_the_upstream_chose_is_the_one_the_client_gets(
 async def test_the_upstream_gets_the_forwarded_headers_and_one_set_of_handshake_headers(
     gateway: ServerProcess, upstream: ServerProcess
 ) -> None:
-    ws = await accepted(gateway, "/ws/headers", headers=[("X-Custom", "yes")])
+    sent = [("X-Custom", "yes"), ("Keep-Alive", "timeout=5"), ("Sec-WebSocket-Extensions", "x")]
+    ws = await accepted(gateway, "/ws/headers", headers=sent)
     try:
         with anyio.fail_after(10):
-            headers = json.loads(await ws.receive())
+            pairs = json.loads(await ws.receive())
     finally:
         await ws.close()
         await ws.aclose()
+    names = [name for name, _ in pairs]
+    headers = dict(pairs)
+    for name in ("host", "upgrade", "connection", "sec-websocket-key", "sec-websocket-version"):
+        assert names.count(name) == 1, pairs
+    assert "keep-alive" not in names  # hop-by-hop
+    assert "sec-websocket-extensions" not in names  # negotiated by each side on its own
     assert headers["x-custom"] == "yes"
     assert headers["x-forwarded-prefix"] == "/ws"
     assert headers["x-forwarded-for"] == "127.0.0.1"
     assert headers["host"] == f"127.0.0.1:{upstream.port}"
     assert headers["upgrade"].lower() == "websocket"
-    assert "sec-websocket-key" in headers
+
+
+async def test_the_upstreams_close_reaches_the_client_while_the_client_keeps_sending(
+    gateway: ServerProcess,
+) -> None:
+    ws = await accepted(gateway, "/ws/echo")
+    try:
+        await ws.send("close:4001:while busy")
+        try:
+            for i in range(200):
+                await ws.send(f"more {i}")
+        except UpstreamError:
+            pass  # the server closed the connection under our feet
+        closed = await closed_by_upstream(ws)
+        if gateway.kind == "granian" and closed.code == 1006:  # type: ignore[attr-defined]
+            # granian closes the socket right after its close frame: what the client still
+            # sends then resets the connection, and the reset may discard that frame.
+            return
+        assert (closed.code, closed.reason) == (4001, "while busy")
+    finally:
+        await ws.aclose()
+    assert "Traceback" not in gateway.output()
+
+
+async def test_the_upstreams_pings_keep_a_quiet_websocket_open(gateway: ServerProcess) -> None:
+    ws = await accepted(gateway, "/pinged/echo")  # read_timeout 1000 ms, pings every 0.2 s
+    try:
+        await anyio.sleep(2.5)
+        await ws.send("still open")
+        with anyio.fail_after(10):
+            assert await ws.receive() == "still open"
+    finally:
+        await ws.close()
+        await ws.aclose()
 
 
 async def test_an_auth_plugin_refuses_the_handshake_with_its_status_before_the_upgrade(
@@ -455,6 +518,19 @@ async def test_an_idle_websocket_is_closed_after_the_services_read_timeout(
             assert await ws.receive() == "one"
         closed = await closed_by_upstream(ws)  # read_timeout is 500 ms
         assert (closed.code, closed.reason) == (1001, "idle timeout")
+    finally:
+        await ws.aclose()
+
+
+async def test_the_size_limit_counts_the_utf8_bytes_of_text(gateway: ServerProcess) -> None:
+    ws = await accepted(gateway, "/limited/echo")  # 1024 bytes each way
+    try:
+        await ws.send("€" * 341)  # 1023 bytes
+        with anyio.fail_after(10):
+            assert await ws.receive() == "€" * 341
+        await ws.send("€" * 400)  # 400 characters, 1200 bytes
+        closed = await closed_by_upstream(ws)
+        assert closed.code == 1009
     finally:
         await ws.aclose()
 

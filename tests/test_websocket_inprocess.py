@@ -216,3 +216,64 @@ async def test_a_mounted_gateway_passes_other_websockets_to_the_app() -> None:
             assert await ws.receive() == "to the gateway"
         async with websocket_connect(mounted, "/elsewhere") as ws:
             assert await ws.receive() == "from the app"
+
+
+async def test_an_upstream_app_that_never_reads_is_closed_on_idle_without_hanging() -> None:
+    async def deaf(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await anyio.sleep_forever()
+
+    gateway = make_gateway(read_timeout=300)
+    gateway.engines["chat.internal"] = ASGIEngine(deaf)
+    async with gateway, websocket_connect(gateway, "/chat") as ws:
+        with anyio.fail_after(5):
+            try:
+                for i in range(40):  # more than any buffer between the gateway and the app
+                    await ws.send(f"unheard {i}")
+            except WebSocketClosed:
+                pass  # the gateway closed while we were still sending
+            with pytest.raises(WebSocketClosed) as closed:
+                await ws.receive()
+    assert (closed.value.code, closed.value.reason) == (1001, "idle timeout")
+
+
+async def test_a_cancelled_client_leaves_no_task_running() -> None:
+    async with make_gateway() as gateway:
+        with anyio.move_on_after(0.2):
+            async with websocket_connect(gateway, "/chat") as ws:
+                await ws.send("hello")
+                assert await ws.receive() == "hello"
+                await anyio.sleep_forever()
+        async with websocket_connect(gateway, "/chat") as ws:  # still usable
+            await ws.send("again")
+            assert await ws.receive() == "again"
+
+
+async def test_without_the_http_response_extension_a_refusal_is_a_close_before_accepting() -> (
+    None
+):
+    async with make_gateway(gw.plugins.KeyAuth()) as gateway:
+        scope = {
+            "type": "websocket",
+            "path": "/chat",
+            "raw_path": b"/chat",
+            "query_string": b"",
+            "headers": [(b"host", b"gateway.test")],
+            "scheme": "ws",
+            "client": ("127.0.0.1", 1),
+            "server": ("gateway.test", 80),
+            "subprotocols": [],
+            "extensions": {},  # a server without websocket.http.response
+        }
+        sent: list[dict[str, Any]] = []
+        messages = iter([{"type": "websocket.connect"}])
+
+        async def receive() -> dict[str, Any]:
+            return next(messages, {"type": "websocket.disconnect", "code": 1000})
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await gateway(scope, receive, send)
+    assert [m["type"] for m in sent] == ["websocket.close"]

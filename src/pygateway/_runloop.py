@@ -894,15 +894,21 @@ async def _relay_websocket(
     send.started = send.delivered = True
     ctx.response_sent = True
     limits = ctx.shared.get("websocket_limits", {})
-    send.body_sent += await relay(
-        ctx,
-        upstream,
-        ctx.request._body.receive,
-        send.send,
-        idle_timeout=service.read_timeout / 1000,
-        client_limit=limits.get("client", DEFAULT_MAX_MESSAGE_SIZE),
-        upstream_limit=limits.get("upstream", DEFAULT_MAX_MESSAGE_SIZE),
-    )
+    try:
+        send.body_sent += await relay(
+            ctx,
+            upstream,
+            ctx.request._body.receive,
+            send.send,
+            idle_timeout=service.read_timeout / 1000,
+            client_limit=limits.get("client", DEFAULT_MAX_MESSAGE_SIZE),
+            upstream_limit=limits.get("upstream", DEFAULT_MAX_MESSAGE_SIZE),
+        )
+    except BaseException:
+        # Cancelled (the server shutting down, say): the upstream still hears a close.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+            await upstream.close(1001, "")
+        raise
 
 
 async def _log(ctx: Context, collected: list[Plugin]) -> None:

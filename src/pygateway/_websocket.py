@@ -14,12 +14,13 @@ access, balance, retries), with two differences:
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import anyio
 
 from ._exceptions import UpstreamError
-from .engines._websocket import MessageTooBig, UpstreamWebSocket, WebSocketClosed
+from .engines._websocket import MessageTooBig, UpstreamWebSocket, WebSocketClosed, message_size
 
 if TYPE_CHECKING:
     from ._context import Context
@@ -102,7 +103,8 @@ async def relay(
     upstream_limit: int = DEFAULT_MAX_MESSAGE_SIZE,
 ) -> int:
     """Pass messages both ways until a side closes, is silent for `idle_timeout` seconds in
-    both directions, or sends a message over its limit; then close the other side too.
+    both directions (the upstream's pings count, the client's are the server's business),
+    or sends a message over its limit; then close the other side too.
 
     Returns the payload bytes sent to the client; those from the client count into
     `ctx.request_size`. `ctx.shared["websocket"]` gets message counts and who closed.
@@ -114,7 +116,9 @@ async def relay(
     sent = 0
     async with anyio.create_task_group() as tg:
         scope = tg.cancel_scope
-        scope.deadline = anyio.current_time() + idle_timeout
+
+        def touch() -> None:
+            scope.deadline = anyio.current_time() + idle_timeout
 
         def end(who: str, code: int, reason: str) -> None:
             nonlocal ended
@@ -134,16 +138,17 @@ async def relay(
                 data: str | bytes | None = message.get("text")
                 if data is None:
                     data = message.get("bytes") or b""
-                if len(data) > client_limit:
+                size = message_size(data)
+                if size > client_limit:
                     end("both", 1009, "message too big")
                     return
-                scope.deadline = anyio.current_time() + idle_timeout
-                counted.received += len(data)
+                touch()
+                counted.received += size
                 stats["client_messages"] += 1
                 try:
                     await upstream.send(data)
                 except (WebSocketClosed, UpstreamError):
-                    end("upstream", 1006, "")
+                    # The upstream's side is closed or broken: its reader says how.
                     return
 
         async def from_upstream() -> None:
@@ -160,7 +165,7 @@ async def relay(
                 except UpstreamError:
                     end("upstream", 1006, "")
                     return
-                scope.deadline = anyio.current_time() + idle_timeout
+                touch()
                 stats["upstream_messages"] += 1
                 key = "text" if isinstance(data, str) else "bytes"
                 try:
@@ -168,10 +173,19 @@ async def relay(
                 except OSError:
                     end("client", 1006, "")
                     return
-                sent += len(data)
+                sent += message_size(data)
 
-        tg.start_soon(from_client)
-        tg.start_soon(from_upstream)
+        async def guarded(direction: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await direction()
+            except Exception:
+                logger.exception("relaying a WebSocket failed (request %s)", ctx.request_id)
+                end("both", 1011, "")
+
+        touch()
+        upstream.activity = touch  # pings and parts of messages count as activity too
+        tg.start_soon(guarded, from_client)
+        tg.start_soon(guarded, from_upstream)
     who, code, reason = ended or ("both", 1001, "idle timeout")
     stats["closed_by"] = who
     stats["close_code"] = code
@@ -183,10 +197,15 @@ async def relay(
     elif code == 1006:
         # The upstream's connection was lost: 1014 is the registered "bad gateway" code.
         code, reason = 1014, "upstream connection lost"
-    elif code in _NOT_SENDABLE:
-        code = 1000
+    elif not _sendable(code):
+        code, reason = (1000, "") if code in _NOT_SENDABLE else (1011, "")
     try:
         await send({"type": "websocket.close", "code": code, "reason": reason})
-    except OSError:
-        pass
+    except Exception:
+        logger.debug("closing the client's WebSocket failed", exc_info=True)
     return sent
+
+
+def _sendable(code: int) -> bool:
+    """Whether a close frame may carry `code` (RFC 6455 section 7.4)."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999

@@ -479,8 +479,10 @@ async def websocket_connect(
     try:
         yield answer
     finally:
-        await answer.close(1000)
-        await answer.aclose()
+        try:
+            await answer.close(1000)
+        finally:
+            await answer.aclose()
 
 
 def echo_engine() -> ASGIEngine:

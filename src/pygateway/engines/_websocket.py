@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -89,13 +89,18 @@ class UpstreamWebSocket:
     subprotocol: str | None = None
     headers: RawHeaders
     http_version = "1.1"
+    #: Called for every frame received, control frames and parts of a message included (an
+    #: idle timer is pushed back by pings too).
+    activity: Callable[[], None] | None = None
 
     async def receive(self, max_size: int | None = None) -> str | bytes:
         """The next message; raises WebSocketClosed when the upstream closed, MessageTooBig
-        (leaving the connection to be closed) when a message outgrows `max_size` bytes."""
+        (leaving the connection to be closed) when a message outgrows `max_size` bytes
+        (UTF-8 bytes, for text)."""
         raise NotImplementedError
 
     async def send(self, message: str | bytes) -> None:
+        """Send one message; raises WebSocketClosed once the upstream's side is closed."""
         raise NotImplementedError
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
@@ -104,6 +109,13 @@ class UpstreamWebSocket:
 
     async def aclose(self) -> None:
         raise NotImplementedError
+
+
+def message_size(message: str | bytes | bytearray) -> int:
+    """A message's payload size in bytes (text counts as its UTF-8 encoding)."""
+    if not isinstance(message, str) or message.isascii():
+        return len(message)
+    return len(message.encode("utf-8", "surrogatepass"))
 
 
 def split_protocols(headers: RawHeaders) -> list[str]:
@@ -282,8 +294,10 @@ class _NetworkWebSocket(UpstreamWebSocket):
         size = 0
         while True:
             for event in self.connection.events():
+                if self.activity is not None:
+                    self.activity()
                 if isinstance(event, TextMessage | BytesMessage):
-                    size += len(event.data)
+                    size += message_size(event.data)
                     if max_size is not None and size > max_size:
                         raise MessageTooBig(f"message larger than {max_size} bytes")
                     parts.append(event.data)
@@ -312,9 +326,24 @@ class _NetworkWebSocket(UpstreamWebSocket):
                 raise WebSocketClosed(1002, "protocol error") from exc
 
     async def send(self, message: str | bytes) -> None:
-        from wsproto.events import Message as WSMessage
+        from wsproto.connection import ConnectionState
+        from wsproto.events import BytesMessage, TextMessage
+        from wsproto.utilities import LocalProtocolError
 
-        await self._send_event(WSMessage(data=message))
+        async with self.lock:
+            # The upstream may have closed meanwhile (its close is read by the other task).
+            if self.connection.state is not ConnectionState.OPEN:
+                raise WebSocketClosed(1006, "")
+            try:
+                event = (
+                    TextMessage(data=message)
+                    if isinstance(message, str)
+                    else BytesMessage(data=message)
+                )
+                data = self.connection.send(event)
+            except LocalProtocolError as exc:
+                raise WebSocketClosed(1006, "") from exc
+            await _write(self.stream, data, self.write_timeout)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         from wsproto.connection import ConnectionState
@@ -329,6 +358,20 @@ class _NetworkWebSocket(UpstreamWebSocket):
             logger.debug("sending a close to the upstream failed", exc_info=True)
 
     async def aclose(self) -> None:
+        from wsproto.connection import ConnectionState
+
+        if self.connection.state is ConnectionState.LOCAL_CLOSING:
+            # Our close is out: give the upstream a moment to answer it, so that it sees a
+            # clean closing handshake rather than a reset.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                try:
+                    while self.connection.state is ConnectionState.LOCAL_CLOSING:
+                        data = await self.stream.receive()
+                        self.connection.receive_data(data)
+                        for _ in self.connection.events():
+                            pass
+                except Exception:
+                    pass
         await _close_stream(self.stream)
 
 
@@ -389,6 +432,7 @@ class ASGIWebSocket(UpstreamWebSocket):
             self.finished = True
             self.done.set()
             self.app_outbox.close()
+            self.app_inbox.close()  # what the client sends now has nowhere to go
 
     # -- the client's side ---------------------------------------------------------------
 
@@ -451,7 +495,7 @@ class ASGIWebSocket(UpstreamWebSocket):
         data: str | bytes | None = message.get("text")
         if data is None:
             data = message.get("bytes") or b""
-        if max_size is not None and len(data) > max_size:
+        if max_size is not None and message_size(data) > max_size:
             raise MessageTooBig(f"message larger than {max_size} bytes")
         return data
 
@@ -468,23 +512,29 @@ class ASGIWebSocket(UpstreamWebSocket):
         if self.close_sent:
             return
         self.close_sent = True
-        try:
-            await self.to_app.send({"type": "websocket.disconnect", "code": code, "reason": reason})
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass
+        # An app that stopped reading may never take it: it is not waited for long.
+        with anyio.move_on_after(1):
+            try:
+                await self.to_app.send(
+                    {"type": "websocket.disconnect", "code": code, "reason": reason}
+                )
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass
 
     async def aclose(self) -> None:
         if self.task_group is None:
             return
         task_group, self.task_group = self.task_group, None  # type: ignore[assignment]
-        self.to_app.close()
-        if self.close_sent:
-            # An app told of the disconnect gets a moment to finish on its own.
-            with anyio.move_on_after(1):
-                await self.done.wait()
-        task_group.cancel_scope.cancel()
         try:
-            await task_group.__aexit__(None, None, None)
+            self.to_app.close()
+            if self.close_sent:
+                # An app told of the disconnect gets a moment to finish on its own.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                    await self.done.wait()
         finally:
-            for stream in (self.from_app, self.app_inbox, self.app_outbox):
-                stream.close()
+            task_group.cancel_scope.cancel()
+            try:
+                await task_group.__aexit__(None, None, None)
+            finally:
+                for stream in (self.from_app, self.app_inbox, self.app_outbox):
+                    stream.close()

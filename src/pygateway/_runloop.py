@@ -321,25 +321,35 @@ WATCH_AFTER = 0.1
 async def _watched_on_asyncio(
     ctx: Context, loop: asyncio.AbstractEventLoop, proxying: Awaitable[None]
 ) -> None:
-    """Run `proxying`, cancelled if the client goes away; the watch starts after WATCH_AFTER
-    seconds, from a timer, as a plain asyncio task (a task group costs more than many
-    whole requests)."""
+    """Run `proxying`, cancelled if the client goes away.
+
+    The watch starts after WATCH_AFTER seconds, from a timer, as a plain asyncio task, and
+    cancels this task natively (a task group, even a cancel scope, costs more than most of
+    a request): the CancelledError it causes is recognised and swallowed here, as a cancel
+    scope would.
+    """
     body = ctx.request._body
+    current = asyncio.current_task()
+    assert current is not None
+    watch: _DisconnectWatch | None = None
     task: asyncio.Task[None] | None = None
-    with anyio.CancelScope() as scope:
-        watch = _DisconnectWatch(body, body.receive, scope, ctx)
 
-        def start() -> None:
-            nonlocal task
-            task = loop.create_task(watch.run())
+    def start() -> None:
+        nonlocal task, watch
+        watch = _DisconnectWatch(body, body.receive, current.cancel, ctx)
+        task = loop.create_task(watch.run())
 
-        timer = loop.call_later(WATCH_AFTER, start)
-        try:
-            await proxying
-        finally:
-            timer.cancel()
-            if task is not None and not task.done():
-                task.cancel()
+    timer = loop.call_later(WATCH_AFTER, start)
+    try:
+        await proxying
+    except asyncio.CancelledError:
+        # Ours alone (no other cancellation pending): the client left, nothing to answer.
+        if watch is None or not watch.fired or current.uncancel() > 0:
+            raise
+    finally:
+        timer.cancel()
+        if task is not None and not task.done():
+            task.cancel()
 
 
 async def _watched(ctx: Context, proxying: Awaitable[None]) -> None:
@@ -347,7 +357,7 @@ async def _watched(ctx: Context, proxying: Awaitable[None]) -> None:
     body = ctx.request._body
     failure: Exception | None = None
     async with anyio.create_task_group() as tg:
-        watch = _DisconnectWatch(body, body.receive, tg.cancel_scope, ctx)
+        watch = _DisconnectWatch(body, body.receive, tg.cancel_scope.cancel, ctx)
         tg.start_soon(watch.run)
         try:
             await proxying
@@ -474,22 +484,24 @@ def _ms(since: float) -> int:
 
 
 class _DisconnectWatch:
-    """Cancel the upstream exchange if the client goes away.
+    """Cancel the upstream exchange if the client goes away (`cancel` is called, `fired`
+    set).
 
     It listens once nothing else reads `receive`: after the request body was read, or
     released because the upstream answered without reading it.
     """
 
-    __slots__ = ("body", "ctx", "finished", "receive", "scope")
+    __slots__ = ("body", "cancel", "ctx", "finished", "fired", "receive")
 
     def __init__(
-        self, body: _Body, receive: Receive, scope: anyio.CancelScope, ctx: Context
+        self, body: _Body, receive: Receive, cancel: Callable[[], object], ctx: Context
     ) -> None:
         self.body = body
         self.receive = receive
-        self.scope = scope
+        self.cancel = cancel
         self.ctx = ctx
         self.finished = False
+        self.fired = False
 
     async def run(self) -> None:
         try:
@@ -502,7 +514,8 @@ class _DisconnectWatch:
                 if message["type"] == "http.disconnect":
                     if not self.ctx.response_sent:
                         self.ctx.shared["client_disconnected"] = True
-                        self.scope.cancel()
+                        self.fired = True
+                        self.cancel()
                     return
         except Exception:
             logger.debug("receive() failed while watching for a disconnect", exc_info=True)

@@ -184,20 +184,26 @@ def request_headers(client: RawHeaders) -> RawHeaders:
     """The client's headers minus hop-by-hop, Connection-listed, gateway-set and consumer
     identity headers (also when spelled with underscores); Content-Length dropped when
     Transfer-Encoding is present."""
-    listed = _connection_listed(client) if any(k == b"connection" for k, _ in client) else ()
-    chunked = any(k == b"transfer-encoding" for k, _ in client)
     out = []
+    framing = False  # a Connection or Transfer-Encoding header: a second pass is needed
     for k, v in client:
-        if k in _HOP_BY_HOP or k in _GATEWAY_SET or k in listed:
+        if k in _HOP_BY_HOP:
+            framing = framing or k == b"connection" or k == b"transfer-encoding"
             continue
-        if k.startswith(b"x-consumer-"):
+        if k in _GATEWAY_SET or k.startswith(b"x-consumer-"):
             continue
         if b"_" in k and _forged(k):
             continue
-        if chunked and k == b"content-length":
-            continue
         out.append((k, v))
-    return out
+    return _unlisted(out, client) if framing else out
+
+
+def _unlisted(kept: RawHeaders, sent: RawHeaders) -> RawHeaders:
+    """`kept` minus the headers `sent`'s Connection lists, and minus Content-Length when
+    `sent` had a Transfer-Encoding (names lower-case)."""
+    listed = _connection_listed(sent)
+    chunked = any(k == b"transfer-encoding" for k, _ in sent)
+    return [(k, v) for k, v in kept if k not in listed and not (chunked and k == b"content-length")]
 
 
 # What a request target may carry as is: RFC 3986 pchar and "/" in the path (a "%" only as
@@ -232,14 +238,17 @@ def escape_query(query: str, encoding: str = "utf-8") -> str:
 def response_headers(upstream: RawHeaders) -> RawHeaders:
     """The upstream's response headers minus hop-by-hop and Connection-listed ones; names are
     lower-cased (engines may hand them over as the upstream spelled them)."""
-    upstream = [(k.lower(), v) for k, v in upstream]
-    listed = _connection_listed(upstream) if any(k == b"connection" for k, _ in upstream) else ()
-    chunked = any(k == b"transfer-encoding" for k, _ in upstream)
-    return [
-        (k, v)
-        for k, v in upstream
-        if k not in _HOP_BY_HOP and k not in listed and not (chunked and k == b"content-length")
-    ]
+    out = []
+    framing = False  # a Connection or Transfer-Encoding header: a second pass is needed
+    for k, v in upstream:
+        k = k.lower()
+        if k in _HOP_BY_HOP:
+            framing = framing or k == b"connection" or k == b"transfer-encoding"
+            continue
+        out.append((k, v))
+    if framing:
+        return _unlisted(out, [(k.lower(), v) for k, v in upstream])
+    return out
 
 
 def route_path(scope: Scope) -> tuple[str, str, str]:

@@ -591,8 +591,10 @@ def _frame(ctx: Context, body: bytes | None, *, keep_length: bool) -> bool:
     else:
         keep = keep_length
     drop = (b"transfer-encoding",) if keep else _FRAMING
-    if any(k in drop for k, _ in raw):
-        raw[:] = [(k, v) for k, v in raw if k not in drop]
+    for k, _ in raw:
+        if k in drop:
+            raw[:] = [(k, v) for k, v in raw if k not in drop]
+            break
     if length is not None:
         raw.append((b"content-length", str(length).encode()))
     return not bodyless and not head

@@ -1,10 +1,11 @@
 """Client cost of the engines alone: N GET requests at c=1 and c=50, in-process.
 
-    python benchmarks/engine_bench.py [-n 20000] [--backend asyncio|trio] [--rounds 1]
+    python benchmarks/engine_bench.py [-n 20000] [--backend asyncio|uvloop|trio] [--rounds 1]
 
 A tiny keep-alive HTTP/1.1 responder runs in a subprocess (asyncio, 100-byte answers);
 this process sends N requests through each engine (`HttpxEngine`, `NativeEngine` with
-httptools and with h11) from c concurrent tasks, and prints the client CPU per request
+httptools on its default transport, the asyncio.Protocol fast path on asyncio, and on anyio
+streams, and with h11) from c concurrent tasks, and prints the client CPU per request
 (`time.process_time`, so the upstream's CPU is not counted) and the requests per second.
 The machine is whatever it is: run it several times, on a quiet machine, and compare
 engines within one run.
@@ -55,6 +56,7 @@ asyncio.run(main())
 ENGINES: dict[str, Callable[[], Engine]] = {
     "HttpxEngine": HttpxEngine,
     "NativeEngine(httptools)": lambda: NativeEngine(parser="httptools"),
+    "NativeEngine(httptools,anyio)": lambda: NativeEngine(parser="httptools", transport="anyio"),
     "NativeEngine(h11)": lambda: NativeEngine(parser="h11"),
 }
 
@@ -91,7 +93,7 @@ async def _run(engine: Engine, port: int, total: int, concurrency: int) -> tuple
 
 
 async def _bench(port: int, total: int, rounds: int) -> None:
-    print(f"{'engine':<26}{'c':>4}{'µs CPU/req':>12}{'req/s':>10}")
+    print(f"{'engine':<32}{'c':>4}{'µs CPU/req':>12}{'req/s':>10}")
     for _ in range(rounds):
         for name, make in ENGINES.items():
             for concurrency in (1, 50):
@@ -99,13 +101,13 @@ async def _bench(port: int, total: int, rounds: int) -> None:
                     await _run(engine, port, min(total, 2000), concurrency)  # warm-up
                     cpu, wall = await _run(engine, port, total, concurrency)
                 done = total // concurrency * concurrency
-                print(f"{name:<26}{concurrency:>4}{cpu / done * 1e6:>12.1f}{done / wall:>10.0f}")
+                print(f"{name:<32}{concurrency:>4}{cpu / done * 1e6:>12.1f}{done / wall:>10.0f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=20000, help="requests per engine and c")
-    parser.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
+    parser.add_argument("--backend", default="asyncio", choices=["asyncio", "uvloop", "trio"])
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     upstream = subprocess.Popen([sys.executable, "-c", UPSTREAM], stdout=subprocess.PIPE, text=True)
@@ -115,7 +117,9 @@ def main() -> None:
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             pass
         print(f"backend {args.backend}, {args.n} requests per line, upstream pid {upstream.pid}")
-        anyio.run(_bench, port, args.n, args.rounds, backend=args.backend)
+        backend = "trio" if args.backend == "trio" else "asyncio"
+        options = {"use_uvloop": True} if args.backend == "uvloop" else {}
+        anyio.run(_bench, port, args.n, args.rounds, backend=backend, backend_options=options)
     finally:
         upstream.terminate()
         upstream.wait(10)

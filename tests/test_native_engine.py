@@ -1,11 +1,16 @@
 """NativeEngine: the engine conformance suite on both parsers (httptools and h11), and what
 is particular to a pooling HTTP/1.1 client: keep-alive, stale connections, limits, expiry,
-framing, early answers, TLS."""
+framing, early answers, TLS, backpressure.
+
+Every test runs on both transports on asyncio (the asyncio.Protocol fast path, the default,
+and anyio streams, forced through PYGATEWAY_NATIVE_TRANSPORT), and on trio (anyio streams).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import threading
 import time
@@ -35,13 +40,35 @@ pytestmark = pytest.mark.servers
 __all__ = ["certificate", "pki"]  # fixtures shared with other modules
 
 PARSERS = ["httptools", "h11"]
+TRANSPORT = "PYGATEWAY_NATIVE_TRANSPORT"
+STREAMS = "asyncio+anyio-streams"
+
+
+@pytest.fixture(params=["asyncio", STREAMS, "trio"])
+def anyio_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """On asyncio, both transports: the asyncio.Protocol fast path (the default) and anyio
+    streams (forced through PYGATEWAY_NATIVE_TRANSPORT). Trio always runs on anyio streams."""
+    if request.param == STREAMS:
+        monkeypatch.setenv(TRANSPORT, "anyio")
+        return "asyncio"
+    monkeypatch.delenv(TRANSPORT, raising=False)
+    return str(request.param)
+
+
+def _skip_h11_twice() -> None:
+    if os.environ.get(TRANSPORT) == "anyio":
+        pytest.skip("h11 always runs on anyio streams: the asyncio run covers it")
 
 
 class TestNativeEngineHttptools(EngineConformance):
     parser = "httptools"
 
     @pytest.fixture
-    async def harness(self, raw_server: RawServer, closed_port: int) -> AsyncIterator[Harness]:
+    async def harness(
+        self, raw_server: RawServer, closed_port: int, anyio_backend: str
+    ) -> AsyncIterator[Harness]:
+        if self.parser == "h11":
+            _skip_h11_twice()
         raw_server.reset()
         async with NativeEngine(parser=self.parser) as engine:
             yield Harness(
@@ -60,7 +87,9 @@ class TestNativeEngineH11(TestNativeEngineHttptools):
 
 
 @pytest.fixture(params=PARSERS)
-def parser(request: pytest.FixtureRequest) -> str:
+def parser(request: pytest.FixtureRequest, anyio_backend: str) -> str:
+    if request.param == "h11":
+        _skip_h11_twice()
     return str(request.param)
 
 
@@ -721,3 +750,120 @@ async def test_a_client_certificate_is_presented_to_an_mtls_upstream(pki: PKI, p
             without = _tls_request(server.port, "localhost", verify=True, ca_certificates=ca)
             with anyio.fail_after(5), pytest.raises(UpstreamError):
                 await _get(engine, without)
+
+
+# -- transports and backpressure -----------------------------------------------------------
+
+
+async def test_connections_are_asyncio_protocols_on_asyncio_unless_anyio_is_asked(
+    raw_server: RawServer, anyio_backend: str
+) -> None:
+    raw_server.reset()
+    for engine, fast in [
+        (NativeEngine(), anyio_backend == "asyncio" and os.environ.get(TRANSPORT) != "anyio"),
+        (NativeEngine(transport="anyio"), False),
+        (NativeEngine(parser="h11"), False),
+    ]:
+        async with engine:
+            assert await _get(engine, _request(raw_server.host, raw_server.port)) == (200, b"ok")
+            (conn,) = [conn for pool in engine._pools.values() for conn in pool.idle]
+            assert (conn.proto is not None) == fast, engine
+
+
+def test_the_transport_options_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="transport"):
+        NativeEngine(transport="uvloop")
+    with pytest.raises(ValueError, match="httptools"):
+        NativeEngine(parser="h11", transport="asyncio")
+    monkeypatch.delenv(TRANSPORT, raising=False)
+    assert NativeEngine().transport == "asyncio"
+    assert NativeEngine(parser="h11").transport == "anyio"
+    monkeypatch.setenv(TRANSPORT, "anyio")
+    assert NativeEngine().transport == "anyio"
+    assert NativeEngine(transport="asyncio").transport == "asyncio"  # the option wins
+    monkeypatch.setenv(TRANSPORT, "asyncio")
+    assert NativeEngine(parser="h11").transport == "anyio"  # no fast path for h11
+
+
+class _Firehose:
+    """Answers with a body far bigger than any buffer, counting what it could send, and
+    stops once a send has been blocked for a while (the client stopped reading)."""
+
+    SIZE = 64 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.blocked = threading.Event()
+
+    def __call__(self, conn: socket.socket, index: int) -> None:
+        read_head(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % self.SIZE)
+        conn.settimeout(0.3)
+        piece = b"x" * 65536
+        try:
+            while self.sent < self.SIZE:
+                conn.sendall(piece)
+                self.sent += len(piece)
+        except TimeoutError:
+            self.blocked.set()
+
+
+async def test_a_response_body_not_consumed_stops_the_upstream(parser: str) -> None:
+    firehose = _Firehose()
+    with ScriptedServer(firehose) as server:
+        async with NativeEngine(parser=parser) as engine:
+            response = await engine.send(_request("127.0.0.1", server.port))
+            try:  # the body is not read
+                await wait_until(firehose.blocked.is_set)
+            finally:
+                await response.aclose()
+    # Socket buffers hold a few MiB at most: the engine did not take the rest in memory.
+    assert firehose.sent < 16 * 1024 * 1024
+
+
+async def test_a_request_body_the_upstream_does_not_take_is_a_write_timeout(
+    parser: str,
+) -> None:
+    produced = 0
+    done = threading.Event()
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal produced
+        while True:
+            await anyio.lowlevel.checkpoint()
+            produced += 65536
+            yield b"x" * 65536
+
+    def never_reads(conn: socket.socket, index: int) -> None:
+        read_head(conn)
+        done.wait(10)  # holds the connection, reading nothing more
+
+    with ScriptedServer(never_reads) as server:
+        async with NativeEngine(parser=parser) as engine:
+            post = _request(
+                "127.0.0.1", server.port, method="POST", body=endless(), write_timeout=0.3
+            )
+            try:
+                with anyio.fail_after(10), pytest.raises(UpstreamTimeout, match="write"):
+                    await engine.send(post)
+            finally:
+                done.set()
+    assert produced < 32 * 1024 * 1024  # waited for the upstream rather than buffering
+
+
+async def test_a_large_body_is_handed_on_in_pieces_of_at_most_64_kib(parser: str) -> None:
+    size = 4 * 1024 * 1024
+
+    def answer(conn: socket.socket, index: int) -> None:
+        read_head(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size + b"x" * size)
+
+    with ScriptedServer(answer) as server:
+        async with NativeEngine(parser=parser) as engine:
+            response = await engine.send(_request("127.0.0.1", server.port))
+            try:
+                pieces = [len(chunk) async for chunk in response.stream]
+            finally:
+                await response.aclose()
+    assert sum(pieces) == size
+    assert max(pieces) <= 65536

@@ -25,6 +25,8 @@ __all__ = [
     "HEAD_LIMIT",
     "MalformedResponse",
     "ResponseParser",
+    "StaleConnection",
+    "WriteFailed",
     "chunk_frame",
     "parser_factory",
     "request_head",
@@ -39,6 +41,16 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 5.6.2
 
 class MalformedResponse(Exception):
     """The bytes received are not a valid HTTP/1.1 response, or it ended too early."""
+
+
+class StaleConnection(Exception):
+    """A reused connection failed before any byte of the response: the upstream had closed
+    it while it was idle. The request never reached it, so it can go again."""
+
+
+class WriteFailed(Exception):
+    """The request could not be sent whole: writing failed, or the upstream answered (and
+    maybe closed) before taking the whole body, as with a 413 or a 401. Its answer is read."""
 
 
 def request_head(method: str, target: bytes, headers: RawHeaders, chunked: bool) -> bytes:

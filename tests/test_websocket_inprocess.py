@@ -250,9 +250,7 @@ async def test_a_cancelled_client_leaves_no_task_running() -> None:
             assert await ws.receive() == "again"
 
 
-async def test_without_the_http_response_extension_a_refusal_is_a_close_before_accepting() -> (
-    None
-):
+async def test_without_the_http_response_extension_a_refusal_is_a_close_before_accepting() -> None:
     async with make_gateway(gw.plugins.KeyAuth()) as gateway:
         scope = {
             "type": "websocket",

@@ -27,7 +27,6 @@ from ._websocket import UpstreamWebSocket, connect_network_websocket
 __all__ = ["HttpxEngine"]
 
 
-
 _PoolKey = tuple[str, str, int, str | None, TLSSetting | None]
 
 

@@ -433,13 +433,15 @@ async def test_the_upstreams_close_reaches_the_client_while_the_client_keeps_sen
         except UpstreamError:
             pass  # the server closed the connection under our feet
         closed = await closed_by_upstream(ws)
-        if gateway.kind == "granian" and closed.code == 1006:  # type: ignore[attr-defined]
-            # granian closes the socket right after its close frame: what the client still
-            # sends then resets the connection, and the reset may discard that frame.
-            return
-        assert (closed.code, closed.reason) == (4001, "while busy")
+        # The server may close its socket right after its close frame: what the client still
+        # sends then resets the connection, and the reset can discard that frame (1006).
+        assert closed.code in (4001, 1006)
+        if closed.code == 4001:
+            assert closed.reason == "while busy"
     finally:
         await ws.aclose()
+    # What this guards against: the gateway relaying a client message after the upstream's
+    # close failed with an error instead of passing the close on.
     assert "Traceback" not in gateway.output()
 
 

@@ -360,6 +360,77 @@ async def test_hop_by_hop_response_headers_are_not_returned() -> None:
     assert result.body == b"ok"
 
 
+async def test_a_second_connection_header_still_drops_what_it_lists() -> None:
+    # The first Connection header lists only hop-by-hop names; the second lists more.
+    engine = capturing(headers=[(b"Connection", b"keep-alive"), (b"Connection", b"X-Private")])
+    engine.handler = lambda request: UpstreamResponse(
+        200,
+        [(b"connection", b"keep-alive"), (b"connection", b"X-Private"), (b"x-private", b"s")],
+        content=b"ok",
+    )
+    headers = [(b"connection", b"keep-alive"), (b"connection", b"x-secret"), (b"x-secret", b"s")]
+    result = await call_asgi(one_route(engine), "/", headers=headers)
+    assert "x-secret" not in sent_headers(engine)
+    assert result.header("x-private") is None
+
+
+async def _body_messages_of(gateway: gw.Gateway, path: str = "/") -> list[dict[str, Any]]:
+    """The `http.response.body` messages the gateway sends for one GET."""
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"host", b"gateway.test")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("gateway.test", 80),
+    }
+    sent: list[dict[str, Any]] = []
+    requested = False
+    ended = anyio.Event()
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await ended.wait()  # as servers do: the disconnect comes after the response
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        sent.append(dict(message))
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            ended.set()
+
+    async with gateway:
+        await gateway(scope, receive, send)
+    return [m for m in sent if m["type"] == "http.response.body"]
+
+
+async def test_a_body_the_upstream_gave_whole_goes_out_in_one_last_message(
+    echo_server: Server,
+) -> None:
+    for gateway in (one_route(), one_route(gw.engines.NativeEngine(), url=echo_server.url)):
+        messages = await _body_messages_of(gateway, "/bytes/100")
+        assert len(messages) == 1
+        assert not messages[0].get("more_body", False)
+        assert messages[0]["body"]
+
+
+async def test_a_streamed_body_ends_with_an_empty_last_message() -> None:
+    async def pieces() -> AsyncIterator[bytes]:
+        yield b"one "
+        yield b"two"
+
+    engine = MockEngine(lambda request: UpstreamResponse(200, stream=pieces()))
+    messages = await _body_messages_of(one_route(engine))
+    assert [m["body"] for m in messages] == [b"one ", b"two", b""]
+    assert [m.get("more_body", False) for m in messages] == [True, True, False]
+
+
 async def test_a_request_with_both_content_length_and_chunked_goes_up_chunked_only(
     raw_server: RawServer,
 ) -> None:

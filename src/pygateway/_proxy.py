@@ -165,6 +165,13 @@ def join_upstream_path(
     return base + req_path
 
 
+#: Connection header values that list nothing but hop-by-hop names (what nearly every
+#: client and upstream sends): no second pass over the headers is needed for them.
+_PLAIN_CONNECTION = frozenset(
+    {b"keep-alive", b"Keep-Alive", b"close", b"Close", b"upgrade", b"Upgrade"}
+)
+
+
 def _connection_listed(headers: RawHeaders) -> frozenset[bytes]:
     listed: set[bytes] = set()
     for k, v in headers:
@@ -185,17 +192,22 @@ def request_headers(client: RawHeaders) -> RawHeaders:
     identity headers (also when spelled with underscores); Content-Length dropped when
     Transfer-Encoding is present."""
     out = []
-    framing = False  # a Connection or Transfer-Encoding header: a second pass is needed
+    listing = chunked = False  # Connection lists more names; Transfer-Encoding came
     for k, v in client:
         if k in _HOP_BY_HOP:
-            framing = framing or k == b"connection" or k == b"transfer-encoding"
+            if k == b"connection":
+                listing = listing or v not in _PLAIN_CONNECTION
+            elif k == b"transfer-encoding":
+                chunked = True
             continue
         if k in _GATEWAY_SET or k.startswith(b"x-consumer-"):
             continue
         if b"_" in k and _forged(k):
             continue
         out.append((k, v))
-    return _unlisted(out, client) if framing else out
+    if listing or (chunked and any(k == b"content-length" for k, _ in out)):
+        return _unlisted(out, client)
+    return out
 
 
 def _unlisted(kept: RawHeaders, sent: RawHeaders) -> RawHeaders:
@@ -239,14 +251,17 @@ def response_headers(upstream: RawHeaders) -> RawHeaders:
     """The upstream's response headers minus hop-by-hop and Connection-listed ones; names are
     lower-cased (engines may hand them over as the upstream spelled them)."""
     out = []
-    framing = False  # a Connection or Transfer-Encoding header: a second pass is needed
+    listing = chunked = False  # Connection lists more names; Transfer-Encoding came
     for k, v in upstream:
         k = k.lower()
         if k in _HOP_BY_HOP:
-            framing = framing or k == b"connection" or k == b"transfer-encoding"
+            if k == b"connection":
+                listing = listing or v not in _PLAIN_CONNECTION
+            elif k == b"transfer-encoding":
+                chunked = True
             continue
         out.append((k, v))
-    if framing:
+    if listing or (chunked and any(k == b"content-length" for k, _ in out)):
         return _unlisted(out, [(k.lower(), v) for k, v in upstream])
     return out
 
@@ -363,47 +378,59 @@ def upstream_host(
     return name.encode("latin-1")
 
 
+#: The client's headers `forwarded_headers` reads (X-Forwarded-For and Via are carried
+#: over; the others only from a trusted peer).
+_FORWARDED_IN = frozenset(
+    {
+        b"x-forwarded-for",
+        b"via",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-forwarded-path",
+        b"x-forwarded-prefix",
+    }
+)
+
+
 def forwarded_headers(ctx: Context, host_header: str, root_path: str) -> list[tuple[bytes, bytes]]:
     """X-Forwarded-*, X-Real-IP, Via and the request id, as the upstream gets them."""
     settings = ctx.gateway.settings
     request = ctx.request
-    trusted = settings.trusted_ips.contains(request.peer_ip)
-    client = request.headers.raw
+    given: dict[bytes, list[bytes]] = {}
+    for k, v in request.headers.raw:
+        if k in _FORWARDED_IN:
+            given.setdefault(k, []).append(v)
     client_ip = request.client_ip.encode("latin-1")
-    xff = b", ".join([v for k, v in client if k == b"x-forwarded-for"])
+    xff = given.get(b"x-forwarded-for")
     out = [
         (
             b"x-forwarded-for",
-            xff + b", " + request.peer_ip.encode("latin-1") if xff else client_ip,
+            b", ".join(xff) + b", " + request.peer_ip.encode("latin-1") if xff else client_ip,
         ),
         (b"x-real-ip", client_ip),
     ]
-    prefix = root_path + (
-        ctx.matched_prefix
-        if ctx.route and ctx.route.strip_path and ctx.matched_prefix not in ("", "/")
-        else ""
-    )
+    route = ctx.route
+    prefix = ctx.matched_prefix if route and route.strip_path else ""
     own = (
         (b"x-forwarded-proto", request.scheme),
         (b"x-forwarded-host", request.host),
         (b"x-forwarded-port", str(request.port)),
         (b"x-forwarded-path", root_path + request.raw_path),
-        (b"x-forwarded-prefix", prefix),
+        (b"x-forwarded-prefix", root_path + (prefix if prefix != "/" else "")),
+    )
+    trusted = len(given) > (b"x-forwarded-for" in given) + (b"via" in given) and (
+        settings.trusted_ips.contains(request.peer_ip)
     )
     for name, text in own:
-        value = text.encode("latin-1")
-        if trusted:
-            for k, v in client:
-                if k == name:
-                    value = v
-                    break
+        value = given[name][0] if trusted and name in given else text.encode("latin-1")
         if value:
             out.append((name, value))
     if settings.server_tokens:
         # The gateway's Via replaces the client's, carrying its chain over.
-        via = b", ".join([v for k, v in client if k == b"via"])
+        via = given.get(b"via")
         token = via_token(b"1.1", settings.server_token)
-        out.append((b"via", via + b", " + token if via else token))
+        out.append((b"via", b", ".join(via) + b", " + token if via else token))
     if settings.request_id_upstream:
         out.append((b"x-pygateway-request-id", ctx.request_id.encode("latin-1")))
     return out

@@ -47,6 +47,7 @@ from ._proxy import (
 from ._responses import ErrorResponse, Response, error_response
 from ._websocket import DEFAULT_MAX_MESSAGE_SIZE, WebSocketRefusal, accept_headers, relay
 from .engines import UpstreamRequest, UpstreamResponse
+from .engines._base import exhausted
 from .engines._websocket import UpstreamWebSocket
 
 if TYPE_CHECKING:
@@ -652,6 +653,7 @@ async def _proxy(
     query = escape_query(query, "latin-1" if query == request.query_string else "utf-8")
     target = (escape_path(state.path) + (f"?{query}" if query else "")).encode("ascii")
     engine = gateway.engine_for(service)
+    options = ctx.snapshot.send_options(service, settings.tls_verify)
     forwarded = forwarded_headers(ctx, host_header, root_path)
     # What the gateway sets replaces any copy a plugin set; a Host a plugin set is used.
     owned = {k for k, _ in forwarded}
@@ -704,20 +706,13 @@ async def _proxy(
         )
         outgoing = UpstreamRequest(
             method=state.method,
-            scheme=service.protocol,
             host=host,
             port=port,
             target=target,
             headers=headers,
             body=content,
-            connect_timeout=service.connect_timeout / 1000,
-            write_timeout=service.write_timeout / 1000,
-            read_timeout=service.read_timeout / 1000,
-            tls_verify=bool(service.tls_verify)
-            if service.tls_verify is not None
-            else settings.tls_verify,
             server_name=host_override or hostname,
-            **ctx.snapshot.upstream_tls_kwargs(service),
+            **options,
         )
         ctx.latencies.setdefault("proxy", _ms(started))
         sent_at = time.perf_counter()
@@ -869,8 +864,14 @@ async def _relay(
         }
     )
     if has_body:
+        stream = upstream.stream
         try:
-            async for chunk in upstream.stream:
+            async for chunk in stream:
+                if not filters and exhausted(stream):
+                    # The last chunk ends the response: no empty message after it.
+                    ctx.response_sent = True
+                    await send({"type": "http.response.body", "body": chunk})
+                    return
                 for plugin in filters:
                     chunk = await _filter_phase(ctx, plugin, plugin.body_filter, ctx, chunk, False)
                 if chunk:

@@ -240,6 +240,7 @@ class Snapshot:
             }
             for key, tls in self.upstream_tls.items()
         }
+        self._send_options: dict[tuple[int, bool], dict[str, Any]] = {}
         if errors:
             raise ConfigurationError(errors=errors)
 
@@ -274,6 +275,23 @@ class Snapshot:
     def upstream_tls_kwargs(self, service: Service) -> dict[str, Any]:
         """The `UpstreamRequest` arguments for `service`'s TLS material (none: `{}`)."""
         return self._tls_kwargs.get(id(service), _NO_TLS)
+
+    def send_options(self, service: Service, tls_verify: bool) -> dict[str, Any]:
+        """The `UpstreamRequest` arguments that come from `service` alone (scheme, timeouts
+        in seconds, TLS), built on its first request; `tls_verify` is the gateway's
+        default, for a Service that does not say."""
+        key = (id(service), tls_verify)
+        options = self._send_options.get(key)
+        if options is None:
+            options = self._send_options[key] = {
+                "scheme": service.protocol,
+                "connect_timeout": service.connect_timeout / 1000,
+                "write_timeout": service.write_timeout / 1000,
+                "read_timeout": service.read_timeout / 1000,
+                "tls_verify": tls_verify if service.tls_verify is None else service.tls_verify,
+                **self.upstream_tls_kwargs(service),
+            }
+        return options
 
     @staticmethod
     def _index_consumers(

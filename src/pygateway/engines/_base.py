@@ -158,12 +158,37 @@ async def _empty() -> AsyncIterator[bytes]:
     yield b""  # pragma: no cover
 
 
-async def _one(content: bytes) -> AsyncIterator[bytes]:
-    yield content
+class _One:
+    """A body of one chunk, `exhausted` once it was handed over."""
+
+    __slots__ = ("content", "exhausted")
+
+    def __init__(self, content: bytes) -> None:
+        self.content = content
+        self.exhausted = False
+
+    def __aiter__(self) -> _One:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.exhausted:
+            raise StopAsyncIteration
+        self.exhausted = True
+        return self.content
+
+
+def exhausted(stream: AsyncIterable[bytes]) -> bool:
+    """Whether `stream` says it handed over its last chunk (an optional `exhausted`
+    attribute of engines' body streams): the relay then ends the response with that chunk
+    rather than with an empty message after it."""
+    return getattr(stream, "exhausted", False) is True
 
 
 class UpstreamResponse:
     """The upstream's answer: `status_code`, raw `headers`, and `stream` (async bytes).
+
+    A `stream` may have an `exhausted` attribute, true once the chunk it last gave was its
+    last one (the gateway then sends that chunk as the end of the response).
 
     `UpstreamResponse(200, [(b"content-type", b"text/plain")], content=b"hi")` builds one
     directly (handy in `MockEngine` handlers). `on_close` runs once, on `aclose()`.
@@ -187,7 +212,7 @@ class UpstreamResponse:
         self.status_code = status_code
         self.headers: RawHeaders = list(headers or [])
         if stream is None:
-            stream = _one(content) if content else _empty()
+            stream = _One(content) if content else _empty()
         self.stream = stream
         self.http_version = http_version
         self._on_close = on_close

@@ -489,6 +489,11 @@ class _ResponseBody:
     def __aiter__(self) -> _ResponseBody:
         return self
 
+    @property
+    def exhausted(self) -> bool:
+        """The whole body was handed over (see `UpstreamResponse`)."""
+        return self._parser.done and not self._parser.body
+
     async def __anext__(self) -> bytes:
         parser = self._parser
         while True:

@@ -26,6 +26,7 @@ from ._http11 import (
     StaleConnection,
     WriteFailed,
     chunk_frame,
+    early_answer,
     last_chunk,
 )
 
@@ -204,15 +205,8 @@ async def _early_answer(conn: _Connection, parser: ResponseParser, patience: flo
         raise UpstreamTimeout("write timeout") from exc
     except OSError as exc:
         raise WriteFailed() from exc
-    if not data:
-        raise WriteFailed()
     conn.received += len(data)
-    try:
-        parser.feed(data)
-    except MalformedResponse as exc:
-        raise UpstreamProtocolError(str(exc)) from exc
-    if parser.status is not None:
-        raise WriteFailed()
+    early_answer(parser, data)
 
 
 async def write_request(

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import h11
 
+from .._exceptions import UpstreamProtocolError
 from .._types import RawHeaders
 
 try:
@@ -73,6 +74,21 @@ def request_head(method: str, target: bytes, headers: RawHeaders, chunked: bool)
     if head.count(b"\n") != newlines or head.count(b"\r") != newlines or b" " in target:
         raise ValueError("a CR, LF or space in the request target or a header")
     return head
+
+
+def early_answer(parser: ResponseParser, data: bytes) -> None:
+    """Feed `parser` what the upstream sent while the request body was going out. Raises
+    WriteFailed when that is the final answer or the end of the connection (sending more is
+    pointless), UpstreamProtocolError when it is malformed; returns after a 1xx (a 100
+    Continue: the body goes on)."""
+    if not data:
+        raise WriteFailed()
+    try:
+        parser.feed(data)
+    except MalformedResponse as exc:
+        raise UpstreamProtocolError(str(exc)) from exc
+    if parser.status is not None:
+        raise WriteFailed()
 
 
 def chunk_frame(chunk: bytes) -> bytes:

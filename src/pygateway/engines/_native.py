@@ -41,6 +41,7 @@ from ._http11 import (
     MalformedResponse,
     ResponseParser,
     chunk_frame,
+    early_answer,
     last_chunk,
     parser_factory,
     request_head,
@@ -338,16 +339,8 @@ async def _early_answer(conn: _Connection, parser: ResponseParser) -> None:
         data = b""
     except _BROKEN as exc:
         raise _WriteFailed() from exc
-    if not data:
-        raise _WriteFailed()
     conn.received += len(data)
-    try:
-        parser.feed(data)
-    except MalformedResponse as exc:
-        raise UpstreamProtocolError(str(exc)) from exc
-    if parser.status is not None:
-        raise _WriteFailed()
-    # Only a 1xx (a 100 Continue): the body goes on.
+    early_answer(parser, data)
 
 
 async def _write_request(

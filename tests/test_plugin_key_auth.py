@@ -123,6 +123,12 @@ async def test_header_names_are_matched_whatever_their_case(spelling: str) -> No
     upstream(await call(gateway_with(KeyAuth()), headers={spelling: "kong"}))
 
 
+async def test_a_key_name_in_capitals_reads_its_header_whatever_its_case() -> None:
+    gateway = gateway_with(KeyAuth(key_names=["X-Api-Key"]))
+    upstream(await call(gateway, headers={"x-api-key": "kong"}))
+    upstream(await call(gateway, headers={"X-API-KEY": "kong"}))
+
+
 async def test_query_argument_names_are_case_sensitive() -> None:
     response = await call(gateway_with(KeyAuth()), path="/r?APIKEY=kong")
     refused(response, "No API key found in request")

@@ -19,6 +19,7 @@ import pytest
 import pygateway as gw
 from pygateway._entities import KeyAuthCredential
 from pygateway.engines import MockEngine, UpstreamResponse
+from pygateway.plugins import _rate_limiting
 from pygateway.plugins import get as get_plugin
 from pygateway.plugins._rate_limiting import RateLimiting, window
 from pygateway.stores import (
@@ -181,6 +182,18 @@ async def test_a_window_ends_on_the_utc_minute_not_a_minute_after_the_first_requ
     assert after.headers["ratelimit-reset"] == "60"
 
 
+async def test_a_clock_set_back_counts_in_the_window_it_is_in() -> None:
+    clock = Clock(at("2026-03-10 12:00:20.5"))
+    gateway = gateway_with(RateLimiting(second=5, minute=10, limit_by="ip"), clock=clock)
+    async with client(gateway) as c:
+        first = await c.get("/r")
+        clock.advance(-1)  # 12:00:19.5: the second before, in the same minute
+        back = await c.get("/r")
+    assert first.headers["x-ratelimit-remaining-second"] == "4"
+    assert back.headers["x-ratelimit-remaining-second"] == "4"
+    assert back.headers["x-ratelimit-remaining-minute"] == "8"
+
+
 async def test_month_and_year_windows_follow_the_calendar() -> None:
     clock = Clock(at("2026-01-31 23:59:59"))
     gateway = gateway_with(RateLimiting(month=1, year=5, limit_by="ip"), clock=clock)
@@ -252,6 +265,21 @@ async def test_the_headers_are_also_on_upstream_errors() -> None:
         response = await c.get("/r")
     assert response.status_code == 503
     assert response.headers["x-ratelimit-remaining-minute"] == "4"
+
+
+async def test_the_headers_replace_the_upstreams_copies_and_leave_its_others() -> None:
+    sent = [
+        (b"x-ratelimit-limit-minute", b"999"),
+        (b"ratelimit-remaining", b"999"),
+        (b"x-ratelimit-limit-hour", b"7"),
+    ]
+    engine = MockEngine(lambda request: UpstreamResponse(200, sent, content=b"proxied"))
+    gateway = gateway_with(RateLimiting(minute=5, limit_by="ip"), engine=engine)
+    async with client(gateway) as c:
+        response = await c.get("/r")
+    assert response.headers.get_list("x-ratelimit-limit-minute") == ["5"]
+    assert response.headers.get_list("ratelimit-remaining") == ["4"]
+    assert response.headers["x-ratelimit-limit-hour"] == "7"  # no hour window: the upstream's
 
 
 async def test_a_fractional_limit_lets_requests_through_while_below_it() -> None:
@@ -350,6 +378,17 @@ async def test_a_long_or_odd_header_value_is_a_counter_like_any_other() -> None:
     assert await statuses(gateway, 2, headers={"x-app": long_value}) == [200, 429]
     assert await statuses(gateway, 2, headers={"x-app": "a:b:c"}) == [200, 429]
     assert all(len(key) < 300 for key in store._counters)
+
+
+async def test_the_counters_kept_at_hand_are_bounded_and_all_identifiers_still_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_rate_limiting, "CURRENT_MAX", 2)
+    gateway = gateway_with(RateLimiting(minute=2, limit_by="header", header_name="x-app"))
+    async with client(gateway) as c:
+        answers = [(await c.get("/r", headers={"x-app": app})).status_code for app in "abcabcabc"]
+    assert answers == [200] * 6 + [429] * 3
+    assert len(_rate_limiting._current_counters(gateway.snapshot)) <= 2
 
 
 async def test_limit_by_path_counts_that_path_for_everyone() -> None:

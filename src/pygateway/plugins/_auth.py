@@ -64,9 +64,12 @@ _KDF_LIMITER: RunVar[anyio.CapacityLimiter] = RunVar("pygateway_auth_kdf")
 _SCHEMES: dict[str, re.Pattern[str]] = {}
 
 
+def _raw(value: str | bytes) -> bytes:
+    return value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+
+
 def _digest(value: str | bytes) -> bytes:
-    raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
-    return hashlib.sha256(raw).digest()
+    return hashlib.sha256(_raw(value)).digest()
 
 
 def credential_index(snapshot: Snapshot, kind: str, field: str) -> Mapping[bytes, Found]:
@@ -87,15 +90,11 @@ def credential_index(snapshot: Snapshot, kind: str, field: str) -> Mapping[bytes
 def find_credential(ctx: Context, kind: str, field: str, value: str | bytes) -> Found | None:
     """The credential of `kind` whose `field` equals `value`, with its consumer (or None),
     compared in constant time."""
-    found = credential_index(ctx.snapshot, kind, field).get(_digest(value))
+    given = _raw(value)
+    found = credential_index(ctx.snapshot, kind, field).get(hashlib.sha256(given).digest())
     if found is None:
         return None
-    expected = getattr(found[0], field)
-    expected_raw = (
-        expected.encode("utf-8", "surrogateescape") if isinstance(expected, str) else expected
-    )
-    given = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
-    return found if hmac.compare_digest(expected_raw, given) else None
+    return found if hmac.compare_digest(_raw(getattr(found[0], field)), given) else None
 
 
 def skip_authentication(ctx: Context, anonymous: str | None) -> bool:

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from .._headers import Headers
     from .._responses import Response
     from .._snapshot import Snapshot
+    from .._types import RawHeaders
 
 __all__ = ["KeyAuth"]
 
@@ -79,6 +80,12 @@ class KeyAuth(Plugin):
     run_on_preflight: bool = True
     realm: str | None = None
 
+    # Derived once from the config (not config: init=False): for each key name, the header
+    # names it is read from, as ASGI spells them.
+    _header_names: tuple[tuple[bytes, ...], ...] = attrs.field(
+        init=False, eq=False, repr=False, default=()
+    )
+
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         errors: list[tuple[tuple[PathPart, ...], str]] = []
@@ -95,6 +102,7 @@ class KeyAuth(Plugin):
                 )
         if errors:
             raise ConfigurationError(errors=errors)
+        object.__setattr__(self, "_header_names", tuple(map(_spellings, self.key_names)))
 
     async def access(self, ctx: Context) -> Response | None:
         if not self.run_on_preflight and ctx.request.method == "OPTIONS":
@@ -112,10 +120,10 @@ class KeyAuth(Plugin):
         request = ctx.request
         body: dict[str, Any] | None = None
         key: str | None = None
-        for key_name in self.key_names:
+        for key_name, header_names in zip(self.key_names, self._header_names, strict=True):
             value: Any = None
             if self.key_in_header:
-                value = _header(request.headers, key_name)
+                value = _header(request.headers.raw, header_names)
             if value is None and self.key_in_query:
                 value = request.query_params.get(key_name)
             if value is None and self.key_in_body:
@@ -141,15 +149,25 @@ class KeyAuth(Plugin):
         return None
 
 
-def _header(headers: Headers, key_name: str) -> str | list[str] | None:
-    """The key header's value (a list when sent more than once). As in Kong (nginx), a name
-    with underscores also finds the header spelled with hyphens: `api_key` reads `Api-Key`."""
-    values = headers.getlist(key_name)
-    if not values and "_" in key_name:
-        values = headers.getlist(key_name.replace("_", "-"))
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else values
+def _spellings(key_name: str) -> tuple[bytes, ...]:
+    """The header names `key_name` is read from, in the order they are tried (lower-case
+    bytes, as in ASGI). As in Kong (nginx), a name with underscores also finds the header
+    spelled with hyphens: `api_key` reads `Api-Key`."""
+    name = key_name.lower().encode("ascii")  # `_KEY_NAME` allows ASCII only
+    return (name, name.replace(b"_", b"-")) if b"_" in name else (name,)
+
+
+def _header(raw: RawHeaders, names: tuple[bytes, ...]) -> str | list[str] | None:
+    """The key header's value (a list when sent more than once), under the first of `names`
+    the request has."""
+    for name in names:
+        values = []
+        for k, v in raw:
+            if k == name:
+                values.append(v.decode("utf-8", "surrogateescape"))
+        if values:
+            return values[0] if len(values) == 1 else values
+    return None
 
 
 def _media_type(headers: Headers) -> str:

@@ -33,6 +33,7 @@ import attrs
 from .._exceptions import ConfigurationError, PathPart
 from .._responses import error_response
 from .._schema import field
+from .._types import RawHeaders
 from ..stores import (
     Counter,
     CounterStore,
@@ -221,7 +222,14 @@ def counter_key(plugin: str, scope: str, name: str, period: str, start: int, who
     return f"{plugin}:{scope}:{name}:{period}:{start}:{_escape(who)}"
 
 
+#: What `quote` gives back unchanged and short enough to be kept: most identifiers (ids,
+#: IPv4 addresses) need no escaping at all.
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]{0,128}")
+
+
 def _escape(text: str) -> str:
+    if _UNRESERVED.fullmatch(text):
+        return text
     escaped = quote(text, safe="", errors="surrogateescape")
     if len(escaped) > 128:
         raw = text.encode("utf-8", "surrogateescape")
@@ -237,35 +245,58 @@ def plugin_scope(ctx: Context, plugin: Plugin) -> str:
     Kong's counters are per plugin entity, whose route and service ids it puts in the key.
 
     The same in every process that loads the same configuration, so gateways sharing a
-    Redis share counters.
+    Redis share counters. Worked out once per snapshot, plugin, route and service.
     """
-    placements, labels = _scope_index(ctx.snapshot)
+    index = _scope_index(ctx.snapshot)
+    route, service = ctx.route, ctx.service
+    place = (id(plugin), id(route), id(service))
+    scope = index.scopes.get(place)
+    if scope is None:
+        scope = index.scopes[place] = _scope(index, plugin, route, service)
+    return scope
+
+
+def _scope(index: _ScopeIndex, plugin: Plugin, route: Route | None, service: Service | None) -> str:
+    """The most specific placement of `plugin` that applies to `route` and `service`."""
+    labels = index.labels
     best: tuple[int, str] | None = None
-    for route, service in placements.get(id(plugin), ()):
-        if route is not None and route is not ctx.route:
+    for placed_route, placed_service in index.placements.get(id(plugin), ()):
+        if placed_route is not None and placed_route is not route:
             continue
-        if service is not None and service is not ctx.service:
+        if placed_service is not None and placed_service is not service:
             continue
-        rank = (route is not None) * 2 + (service is not None)
+        rank = (placed_route is not None) * 2 + (placed_service is not None)
         if best is None or rank > best[0]:
-            route_label = labels.get(id(route), "-") if route is not None else "-"
-            service_label = labels.get(id(service), "-") if service is not None else "-"
+            route_label = labels.get(id(placed_route), "-") if placed_route is not None else "-"
+            service_label = (
+                labels.get(id(placed_service), "-") if placed_service is not None else "-"
+            )
             best = (rank, f"{route_label}:{service_label}")
     return best[1] if best is not None else "-:-"
 
 
 def entity_label(snapshot: Snapshot, entity: Route | Service) -> str:
     """A route's or service's id, else its name, else its place in the configuration."""
-    return _scope_index(snapshot)[1].get(id(entity), "-")
+    return _scope_index(snapshot).labels.get(id(entity), "-")
 
 
 Placements = dict[int, list[tuple["Route | None", "Service | None"]]]
 
 
-def _scope_index(snapshot: Snapshot) -> tuple[Placements, dict[int, str]]:
-    cached = snapshot.derived.get(_SCOPES)
+@attrs.frozen
+class _ScopeIndex:
+    """Where each plugin of a snapshot is placed, and the labels of its routes and services."""
+
+    placements: Placements
+    labels: dict[int, str]
+    #: `plugin_scope`'s answers, by (plugin, route, service) id.
+    scopes: dict[tuple[int, int, int], str] = attrs.field(factory=dict)
+
+
+def _scope_index(snapshot: Snapshot) -> _ScopeIndex:
+    cached: _ScopeIndex | None = snapshot.derived.get(_SCOPES)
     if cached is None:
-        cached = snapshot.derived[_SCOPES] = _build_scope_index(snapshot)
+        cached = snapshot.derived[_SCOPES] = _ScopeIndex(*_build_scope_index(snapshot))
     return cached
 
 
@@ -310,6 +341,73 @@ def _build_scope_index(snapshot: Snapshot) -> tuple[Placements, dict[int, str]]:
 # -- the plugin ---------------------------------------------------------------------------
 
 
+@attrs.frozen
+class _Window:
+    """One configured window, with the parts of its headers that never change."""
+
+    period: str
+    limit: float
+    #: `X-RateLimit-Limit-<Period>: <limit>`, as sent.
+    limit_header: tuple[bytes, bytes]
+    #: The `X-RateLimit-Remaining-<Period>` name, as sent.
+    remaining_name: bytes
+
+    @classmethod
+    def of(cls, period: str, limit: float) -> _Window:
+        return cls(
+            period,
+            limit,
+            (b"x-ratelimit-limit-" + period.encode(), number(limit).encode()),
+            b"x-ratelimit-remaining-" + period.encode(),
+        )
+
+
+_CURRENT = "pygateway.rate_limiting.current"
+#: Identifiers whose current counters a snapshot keeps (beyond, it forgets them all).
+CURRENT_MAX = 4096
+
+
+@attrs.frozen
+class _Current:
+    """The counters of one identifier's windows at some moment, current from the start of
+    the window that began last (`since`) to the end of the first to end (`until`)."""
+
+    counters: tuple[Counter, ...]
+    since: float
+    until: float
+    #: The plugin, route and service whose ids key this entry, kept alive with it: no other
+    #: object can take one of those ids while it is cached.
+    owners: tuple[object, ...]
+
+    @classmethod
+    def at(
+        cls,
+        windows: tuple[_Window, ...],
+        prefix: str,
+        who: str,
+        now: float,
+        owners: tuple[object, ...],
+    ) -> _Current:
+        """The counters at `now`, keyed as `counter_key` does from `prefix`
+        (`<plugin>:<scope>:<name>:`) and `who` (escaped)."""
+        counters = []
+        since = -math.inf
+        for w in windows:
+            start, end = window(w.period, now)
+            counters.append(Counter(f"{prefix}{w.period}:{start}:{who}", w.limit, end))
+            since = max(since, start)
+        return cls(tuple(counters), since, min(c.expires_at for c in counters), owners)
+
+
+def _current_counters(snapshot: Snapshot) -> dict[tuple[int, int, int, str], _Current]:
+    """The rate-limiting plugins' current counters in `snapshot`, by (plugin, route, service)
+    id and identifier."""
+    cache: dict[tuple[int, int, int, str], _Current] | None = snapshot.derived.get(_CURRENT)
+    if cache is None:
+        cache = snapshot.derived[_CURRENT] = {}
+    return cache
+
+
 @attrs.frozen(kw_only=True)
 class RateLimiting(Plugin):
     """Limit how many requests a consumer (or IP, credential, service, header value, path)
@@ -341,6 +439,13 @@ class RateLimiting(Plugin):
     error_code: int = field(429, between=(100, 599))
     error_message: str = "API rate limit exceeded"
     sync_rate: int | float = -1
+
+    # Derived once from the config (not config: init=False).
+    _windows: tuple[_Window, ...] = attrs.field(init=False, eq=False, repr=False, default=())
+    #: Every header name `_client_headers` sends: the ones a response's copies are dropped of.
+    _header_names: frozenset[bytes] = attrs.field(
+        init=False, eq=False, repr=False, default=frozenset()
+    )
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -374,6 +479,10 @@ class RateLimiting(Plugin):
         errors += redis_errors(self.policy, self.redis)
         if errors:
             raise ConfigurationError(errors=errors)
+        windows = tuple(_Window.of(period, limit) for period, limit in self.limits)
+        object.__setattr__(self, "_windows", windows)
+        names = {name for w in windows for name in (w.limit_header[0], w.remaining_name)}
+        object.__setattr__(self, "_header_names", frozenset({*names, *_LEAST}))
 
     @classmethod
     def from_config(cls, config: dict[str, Any] | None) -> Plugin:
@@ -391,13 +500,7 @@ class RateLimiting(Plugin):
     async def access(self, ctx: Context) -> Response | None:
         store = self.store(ctx.gateway)
         now = store.clock()
-        who = identify(ctx, self.limit_by, self.header_name, self.path)
-        scope = plugin_scope(ctx, self)
-        windows = [(period, limit, *window(period, now)) for period, limit in self.limits]
-        counters = [
-            Counter(counter_key(self.name, scope, "", period, start, who), limit, end)
-            for period, limit, start, end in windows
-        ]
+        counters = self._counters(ctx, now)
         try:
             hit = await store.hit(counters)
         except StoreError as exc:
@@ -410,18 +513,19 @@ class RateLimiting(Plugin):
                 ctx.request_id,
                 accept=ctx.request.headers.get("accept"),
             )
-        headers: dict[str, str] = {}
+        headers: RawHeaders = []
         if not self.hide_client_headers:
-            headers = _client_headers(windows, hit.counts, now)
+            headers = _client_headers(self._windows, counters, hit.counts, now)
         if not hit.allowed:
-            if headers:
-                headers["Retry-After"] = headers["RateLimit-Reset"]
+            refusal = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers}
+            if refusal:
+                refusal["retry-after"] = refusal["ratelimit-reset"]
             return error_response(
                 self.error_code,
                 self.error_message,
                 ctx.request_id,
                 accept=ctx.request.headers.get("accept"),
-                headers=headers or None,
+                headers=refusal or None,
             )
         if headers:
             ctx.plugin_state["headers"] = headers
@@ -430,30 +534,65 @@ class RateLimiting(Plugin):
     async def header_filter(self, ctx: Context) -> None:
         headers = ctx.plugin_state.get("headers")
         if headers and ctx.response is not None:
-            for name, value in headers.items():
-                ctx.response.headers[name] = value
+            _set_headers(ctx.response.headers.raw, headers, self._header_names)
+
+    def _counters(self, ctx: Context, now: float) -> tuple[Counter, ...]:
+        """This request's counters, one per window. The ones of the last request of the same
+        identifier (on the same route and service) while they are current, else new ones:
+        the keys are made once per identifier and window, not per request."""
+        who = identify(ctx, self.limit_by, self.header_name, self.path)
+        cache = _current_counters(ctx.snapshot)
+        place = (id(self), id(ctx.route), id(ctx.service), who)
+        current = cache.get(place)
+        if current is None or not current.since <= now < current.until:
+            if len(cache) >= CURRENT_MAX:
+                cache.clear()  # a flood of identifiers: start over rather than grow
+            prefix = f"{self.name}:{plugin_scope(ctx, self)}::"
+            owners = (self, ctx.route, ctx.service)
+            current = _Current.at(self._windows, prefix, _escape(who), now, owners)
+            cache[place] = current
+        return current.counters
+
+
+#: The names of the most restrictive window's headers.
+_LEAST = (b"ratelimit-limit", b"ratelimit-remaining", b"ratelimit-reset")
 
 
 def _client_headers(
-    windows: list[tuple[str, float, int, int]], counts: tuple[int, ...], now: float
-) -> dict[str, str]:
+    windows: tuple[_Window, ...], counters: tuple[Counter, ...], counts: tuple[int, ...], now: float
+) -> RawHeaders:
     """Each window's limit and remaining, and the RateLimit-* of the most restrictive one
     (least remaining; on a tie, the longer window, which takes longer to reset)."""
-    headers: dict[str, str] = {}
-    best: tuple[float, int, float, int] | None = None  # remaining, -rank, limit, end
-    for rank, ((period, limit, _, end), count) in enumerate(zip(windows, counts, strict=True)):
-        remaining = max(0, limit - count)
-        title = period.capitalize()
-        headers[f"X-RateLimit-Limit-{title}"] = number(limit)
-        headers[f"X-RateLimit-Remaining-{title}"] = number(remaining)
-        if best is None or (remaining, -rank) < best[:2]:
-            best = (remaining, -rank, limit, end)
-    assert best is not None
-    remaining, _, limit, end = best
-    headers["RateLimit-Limit"] = number(limit)
-    headers["RateLimit-Remaining"] = number(remaining)
-    headers["RateLimit-Reset"] = str(seconds_left(end, now))
+    headers: RawHeaders = []
+    least = math.inf
+    for w, counter, count in zip(windows, counters, counts, strict=True):
+        remaining = max(0, w.limit - count)
+        remaining_value = _as_bytes(remaining)
+        headers.append(w.limit_header)
+        headers.append((w.remaining_name, remaining_value))
+        if remaining <= least:  # windows come shortest first: on a tie, the later one
+            least, least_value = remaining, remaining_value
+            limit_value, end = w.limit_header[1], counter.expires_at
+    limit_name, remaining_name, reset_name = _LEAST
+    headers.append((limit_name, limit_value))
+    headers.append((remaining_name, least_value))
+    headers.append((reset_name, b"%d" % seconds_left(end, now)))
     return headers
+
+
+def _as_bytes(value: float) -> bytes:
+    """`number(value)` as header bytes; an int (the usual count) the short way."""
+    return b"%d" % value if isinstance(value, int) else number(value).encode()
+
+
+def _set_headers(raw: RawHeaders, headers: RawHeaders, names: frozenset[bytes]) -> None:
+    """Set `headers` on the response's `raw` list, replacing any copy of them (all named in
+    `names`): what `Headers.__setitem__` does for each, in one pass over `raw`."""
+    for name, _ in raw:
+        if name in names:
+            raw[:] = [(k, v) for k, v in raw if k not in names]
+            break
+    raw += headers
 
 
 register(RateLimiting)

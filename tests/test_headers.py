@@ -207,6 +207,30 @@ async def test_a_consumer_with_a_non_latin1_username_reaches_the_upstream_in_utf
     assert (b"x-consumer-custom-id", "Zürich-7".encode()) in sent
 
 
+@attrs.frozen
+class AuthenticateFromHeader(gw.Plugin):
+    """Authenticates as a consumer made for this request, named by the x-user header."""
+
+    name = "headers-test-auth-per-request"
+    priority = 1000
+
+    async def access(self, ctx: gw.Context) -> gw.Response | None:
+        ctx.authenticate(gw.Consumer(username=ctx.request.headers.get("x-user", "")))
+        return None
+
+
+async def test_consumers_made_per_request_each_reach_the_upstream_as_themselves() -> None:
+    # The identity headers are cached per consumer: a consumer made for one request (and
+    # gone after it) must never lend its headers to the next one.
+    engine = MockEngine(_ok)
+    async with client(_gateway(AuthenticateFromHeader(), engine)) as http:
+        for i in range(50):
+            response = await http.get("/", headers={"x-user": f"user-{i}"})
+            assert response.status_code == 200
+            sent = engine.requests[-1].headers
+            assert [v for k, v in sent if k == b"x-consumer-username"] == [f"user-{i}".encode()]
+
+
 async def test_a_plugin_setting_a_header_with_a_newline_fails_at_its_own_call(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -386,27 +386,56 @@ class Context:
             return
         # On the raw list, in one pass: this runs for every authenticated request.
         raw = self.upstream_request.headers.raw
-        if any(k in _IDENTITY for k, _ in raw):
-            raw[:] = [(k, v) for k, v in raw if k not in _IDENTITY]
-        if consumer is not None:
-            raw.append((b"x-consumer-id", _value("x-consumer-id", consumer.id or "")))
-            if consumer.custom_id:
-                raw.append(
-                    (b"x-consumer-custom-id", _value("x-consumer-custom-id", consumer.custom_id))
-                )
-            if consumer.username:
-                raw.append(
-                    (b"x-consumer-username", _value("x-consumer-username", consumer.username))
-                )
-        if credential is not None:
-            raw.append(
-                (
-                    b"x-credential-identifier",
-                    _value("x-credential-identifier", credential.identifier),
-                )
-            )
-        if anonymous:
-            raw.append((b"x-anonymous-consumer", b"true"))
+        for k, _ in raw:
+            if k in _IDENTITY:
+                raw[:] = [(k, v) for k, v in raw if k not in _IDENTITY]
+                break
+        raw += _identity_headers(self.snapshot, consumer, credential, anonymous)
 
     def __repr__(self) -> str:
         return f"<Context {self.request_id} {self.request!r}>"
+
+
+_IDENTITY_HEADERS = "pygateway.context.identity_headers"
+#: Consumer/credential pairs whose identity headers a snapshot keeps (beyond, it forgets
+#: them all: a plugin authenticating with consumers made per request cannot grow it).
+IDENTITY_CACHE_MAX = 4096
+
+_Identity = tuple[tuple[bytes, bytes], ...]
+
+
+def _identity_headers(
+    snapshot: Snapshot, consumer: Consumer | None, credential: Credential | None, anonymous: bool
+) -> _Identity:
+    """The X-Consumer-* headers `authenticate` adds for this consumer and credential, checked
+    and encoded once per snapshot (the entities are kept with them, so their ids stay
+    theirs)."""
+    cache: dict[tuple[int, int, bool], tuple[object, object, _Identity]] | None = (
+        snapshot.derived.get(_IDENTITY_HEADERS)
+    )
+    if cache is None:
+        cache = snapshot.derived[_IDENTITY_HEADERS] = {}
+    key = (id(consumer), id(credential), anonymous)
+    cached = cache.get(key)
+    if cached is not None and cached[0] is consumer and cached[1] is credential:
+        return cached[2]
+    made: list[tuple[bytes, bytes]] = []
+    if consumer is not None:
+        made.append((b"x-consumer-id", _value("x-consumer-id", consumer.id or "")))
+        if consumer.custom_id:
+            made.append(
+                (b"x-consumer-custom-id", _value("x-consumer-custom-id", consumer.custom_id))
+            )
+        if consumer.username:
+            made.append((b"x-consumer-username", _value("x-consumer-username", consumer.username)))
+    if credential is not None:
+        made.append(
+            (b"x-credential-identifier", _value("x-credential-identifier", credential.identifier))
+        )
+    if anonymous:
+        made.append((b"x-anonymous-consumer", b"true"))
+    if len(cache) >= IDENTITY_CACHE_MAX:
+        cache.clear()
+    headers = tuple(made)
+    cache[key] = (consumer, credential, headers)
+    return headers

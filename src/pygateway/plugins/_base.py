@@ -104,8 +104,18 @@ class Plugin:
 
     @classmethod
     def implements(cls, phase: str) -> bool:
-        """Does this class override `phase`?"""
-        return getattr(cls, phase) is not getattr(Plugin, phase)
+        """Does this class override `phase`? (Asked several times per request: the answer is
+        worked out once per class.)"""
+        phases = _IMPLEMENTED.get(cls)
+        if phases is None:
+            phases = _IMPLEMENTED[cls] = frozenset(
+                p for p in (*PHASES, *_LIFECYCLE) if getattr(cls, p) is not getattr(Plugin, p)
+            )
+        return phase in phases
+
+
+#: The phases each plugin class overrides (see `Plugin.implements`).
+_IMPLEMENTED: dict[type[Plugin], frozenset[str]] = {}
 
 
 def _config_fields(cls: type[Plugin]) -> list[attrs.Attribute[Any]]:

@@ -92,6 +92,13 @@ async def test_x_forwarded_for_appends_the_peer_to_the_clients_list() -> None:
     assert sent["x-forwarded-for"] == [f"203.0.113.1, 198.51.100.2, ::1, {PEER}"]
 
 
+async def test_empty_x_forwarded_for_and_via_are_not_carried_over() -> None:
+    headers = [(b"x-forwarded-for", b""), (b"via", b"")]
+    sent = await forwarded(gateway_for(), headers=headers)
+    assert sent["x-forwarded-for"] == [PEER]
+    assert sent["via"] == [f"1.1 pygateway/{gw.__version__}"]
+
+
 async def test_x_forwarded_for_appends_the_connecting_peer_even_when_it_is_trusted() -> None:
     headers = [(b"x-forwarded-for", b"203.0.113.1"), (b"x-real-ip", b"203.0.113.1")]
     sent = await forwarded(gateway_for(trusted_ips=["10.0.0.0/8"]), peer=PROXY, headers=headers)

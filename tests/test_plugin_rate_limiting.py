@@ -378,6 +378,9 @@ async def test_a_long_or_odd_header_value_is_a_counter_like_any_other() -> None:
     assert await statuses(gateway, 2, headers={"x-app": long_value}) == [200, 429]
     assert await statuses(gateway, 2, headers={"x-app": "a:b:c"}) == [200, 429]
     assert all(len(key) < 300 for key in store._counters)
+    # Only the short identifier is kept at hand: a client cannot fill memory with long ones.
+    kept = _rate_limiting._current_counters(gateway.snapshot)
+    assert [place[-1] for place in kept] == ["a:b:c"]
 
 
 async def test_the_counters_kept_at_hand_are_bounded_and_all_identifiers_still_count(

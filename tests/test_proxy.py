@@ -374,6 +374,30 @@ async def test_a_second_connection_header_still_drops_what_it_lists() -> None:
     assert result.header("x-private") is None
 
 
+@attrs.frozen
+class PerRequestTimeout(gw.Plugin):
+    """Replaces the request's Service with a copy whose read timeout the x-timeout header
+    gives (a copy made for this request only)."""
+
+    name: ClassVar[str] = "proxy-test-per-request-timeout"
+    priority: ClassVar[int] = 900
+
+    async def access(self, ctx: gw.Context) -> gw.Response | None:
+        assert ctx.service is not None
+        seconds = int(ctx.request.headers.get("x-timeout", "60"))
+        ctx.service = attrs.evolve(ctx.service, read_timeout=seconds * 1000)
+        return None
+
+
+async def test_a_service_a_plugin_made_for_one_request_is_sent_with_its_own_timeouts() -> None:
+    engine = capturing()
+    gateway = one_route(engine, plugins=[PerRequestTimeout()])
+    for seconds in range(1, 30):
+        result = await call_asgi(gateway, "/", headers=[(b"x-timeout", str(seconds).encode())])
+        assert result.status == 200
+    assert [r.read_timeout for r in engine.requests] == list(range(1, 30))
+
+
 async def _body_messages_of(gateway: gw.Gateway, path: str = "/") -> list[dict[str, Any]]:
     """The `http.response.body` messages the gateway sends for one GET."""
     scope = {

@@ -165,11 +165,10 @@ def join_upstream_path(
     return base + req_path
 
 
-#: Connection header values that list nothing but hop-by-hop names (what nearly every
-#: client and upstream sends): no second pass over the headers is needed for them.
-_PLAIN_CONNECTION = frozenset(
-    {b"keep-alive", b"Keep-Alive", b"close", b"Close", b"upgrade", b"Upgrade"}
-)
+#: Connection header values that list no header to drop (what nearly every client and
+#: upstream sends): no second pass over the headers is needed for them. Exactly Kong's:
+#: it clears the listed headers unless the value is one of these, lower-case.
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
 
 
 def _connection_listed(headers: RawHeaders) -> frozenset[bytes]:
@@ -402,12 +401,9 @@ def forwarded_headers(ctx: Context, host_header: str, root_path: str) -> list[tu
         if k in _FORWARDED_IN:
             given.setdefault(k, []).append(v)
     client_ip = request.client_ip.encode("latin-1")
-    xff = given.get(b"x-forwarded-for")
+    xff = b", ".join(given.get(b"x-forwarded-for", ()))
     out = [
-        (
-            b"x-forwarded-for",
-            b", ".join(xff) + b", " + request.peer_ip.encode("latin-1") if xff else client_ip,
-        ),
+        (b"x-forwarded-for", xff + b", " + request.peer_ip.encode("latin-1") if xff else client_ip),
         (b"x-real-ip", client_ip),
     ]
     route = ctx.route
@@ -428,9 +424,9 @@ def forwarded_headers(ctx: Context, host_header: str, root_path: str) -> list[tu
             out.append((name, value))
     if settings.server_tokens:
         # The gateway's Via replaces the client's, carrying its chain over.
-        via = given.get(b"via")
+        via = b", ".join(given.get(b"via", ()))
         token = via_token(b"1.1", settings.server_token)
-        out.append((b"via", b", ".join(via) + b", " + token if via else token))
+        out.append((b"via", via + b", " + token if via else token))
     if settings.request_id_upstream:
         out.append((b"x-pygateway-request-id", ctx.request_id.encode("latin-1")))
     return out

@@ -240,7 +240,7 @@ class Snapshot:
             }
             for key, tls in self.upstream_tls.items()
         }
-        self._send_options: dict[tuple[int, bool], dict[str, Any]] = {}
+        self._send_options: dict[tuple[int, bool], tuple[Service, dict[str, Any]]] = {}
         if errors:
             raise ConfigurationError(errors=errors)
 
@@ -281,16 +281,21 @@ class Snapshot:
         in seconds, TLS), built on its first request; `tls_verify` is the gateway's
         default, for a Service that does not say."""
         key = (id(service), tls_verify)
-        options = self._send_options.get(key)
-        if options is None:
-            options = self._send_options[key] = {
-                "scheme": service.protocol,
-                "connect_timeout": service.connect_timeout / 1000,
-                "write_timeout": service.write_timeout / 1000,
-                "read_timeout": service.read_timeout / 1000,
-                "tls_verify": tls_verify if service.tls_verify is None else service.tls_verify,
-                **self.upstream_tls_kwargs(service),
-            }
+        cached = self._send_options.get(key)
+        if cached is not None and cached[0] is service:
+            return cached[1]
+        if len(self._send_options) >= SEND_OPTIONS_MAX:
+            self._send_options.clear()  # services made per request (by a plugin): start over
+        options = {
+            "scheme": service.protocol,
+            "connect_timeout": service.connect_timeout / 1000,
+            "write_timeout": service.write_timeout / 1000,
+            "read_timeout": service.read_timeout / 1000,
+            "tls_verify": tls_verify if service.tls_verify is None else service.tls_verify,
+            **self.upstream_tls_kwargs(service),
+        }
+        # The service is kept with its options: no other object can take its id meanwhile.
+        self._send_options[key] = (service, options)
         return options
 
     @staticmethod
@@ -438,6 +443,8 @@ def _index(
 
 
 _NO_TLS: dict[str, Any] = {}
+#: Services whose send options a snapshot keeps (see `Snapshot.send_options`).
+SEND_OPTIONS_MAX = 1024
 
 
 def _upstream_tls(

@@ -365,6 +365,8 @@ class _Window:
 _CURRENT = "pygateway.rate_limiting.current"
 #: Identifiers whose current counters a snapshot keeps (beyond, it forgets them all).
 CURRENT_MAX = 4096
+#: Identifiers longer than this are not kept (the cache holds at most CURRENT_MAX of them).
+_CACHED_WHO_MAX = 128
 
 
 @attrs.frozen
@@ -541,17 +543,23 @@ class RateLimiting(Plugin):
         identifier (on the same route and service) while they are current, else new ones:
         the keys are made once per identifier and window, not per request."""
         who = identify(ctx, self.limit_by, self.header_name, self.path)
+        if len(who) > _CACHED_WHO_MAX:
+            # A long identifier (a header value, a path): kept out of the cache, whose size
+            # would otherwise be the clients' to choose; its key is hashed anyway.
+            return self._new_counters(ctx, who, now).counters
         cache = _current_counters(ctx.snapshot)
         place = (id(self), id(ctx.route), id(ctx.service), who)
         current = cache.get(place)
         if current is None or not current.since <= now < current.until:
             if len(cache) >= CURRENT_MAX:
                 cache.clear()  # a flood of identifiers: start over rather than grow
-            prefix = f"{self.name}:{plugin_scope(ctx, self)}::"
-            owners = (self, ctx.route, ctx.service)
-            current = _Current.at(self._windows, prefix, _escape(who), now, owners)
-            cache[place] = current
+            current = cache[place] = self._new_counters(ctx, who, now)
         return current.counters
+
+    def _new_counters(self, ctx: Context, who: str, now: float) -> _Current:
+        prefix = f"{self.name}:{plugin_scope(ctx, self)}::"
+        owners = (self, ctx.route, ctx.service)
+        return _Current.at(self._windows, prefix, _escape(who), now, owners)
 
 
 #: The names of the most restrictive window's headers.

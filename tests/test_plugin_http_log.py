@@ -140,6 +140,19 @@ async def test_every_entry_of_a_burst_is_delivered_in_batches(collector: Collect
     )
 
 
+async def test_a_batch_is_sent_as_soon_as_it_is_full(collector: Collector) -> None:
+    plugin = HttpLog(
+        http_endpoint=collector.url, queue={"max_batch_size": 5, "max_coalescing_delay": 60}
+    )
+    gateway = gateway_with(plugin)
+    async with gateway, client(gateway) as http:
+        for i in range(7):
+            await http.get(f"/{i}")
+        await wait_until(lambda: len(collector.posts) == 1)  # not after 60 s
+        assert [e["request"]["uri"] for e in collector.entries] == [f"/{i}" for i in range(5)]
+        assert len(queue_of(gateway, plugin)) == 2  # the rest waits for the delay
+
+
 async def test_requests_complete_while_the_collector_holds_the_connection(
     collector: Collector,
 ) -> None:

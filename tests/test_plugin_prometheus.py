@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import pygateway as gw
 from pygateway import metrics
+from pygateway.plugins import _prometheus
 from pygateway.plugins._key_auth import KeyAuth
 from pygateway.plugins._prometheus import (
     KONG_LATENCY_BUCKETS,
@@ -84,6 +85,29 @@ async def test_requests_are_counted_by_service_route_status_and_source() -> None
         labels(route="other", code="500", source="service", **common): 1.0,
         # The gateway answered itself: Kong's source "kong".
         labels(route="closed", code="403", source="kong", **common): 1.0,
+    }
+
+
+async def test_counts_stay_right_when_the_cache_of_labelled_series_starts_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_prometheus, "MAX_CACHED_CHILDREN", 1)
+    gateway = gateway_with(Prometheus(**ALL))
+    async with client(gateway) as http:
+        for path in ("/api/status/200", "/other/status/200", "/api/status/200", "/api/status/404"):
+            await http.get(path)
+    families = await scrape(gateway)
+    counts = samples(families, "pygateway_http_requests", "_total")
+    common = {"service": "s", "source": "service", "consumer": ""}
+    assert counts == {
+        labels(route="api", code="200", **common): 2.0,
+        labels(route="other", code="200", **common): 1.0,
+        labels(route="api", code="404", **common): 1.0,
+    }
+    observed = samples(families, "pygateway_request_latency_ms", "_count")
+    assert observed == {
+        labels(service="s", route="api"): 3.0,
+        labels(service="s", route="other"): 1.0,
     }
 
 

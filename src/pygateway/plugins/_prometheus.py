@@ -106,34 +106,67 @@ class Prometheus(Plugin):
         response = ctx.response
         if self.status_code_metrics and response is not None:
             source = "service" if response.source == "service" else "kong"
-            families.requests.labels(
-                service_name, route_name, str(response.status_code), source, consumer
-            ).inc()
+            key = (service_name, route_name, response.status_code, source, consumer)
+            families.requests.child(key).inc()
         if self.latency_metrics:
             latencies = ctx.latencies
             request = latencies.get("request")
             upstream = latencies.get("upstream")
+            route_key = (service_name, route_name)
             if request is not None:
-                families.request_latency.labels(service_name, route_name).observe(request)
+                families.request_latency.child(route_key).observe(request)
                 own = request - upstream if upstream is not None else request
-                families.kong_latency.labels(service_name, route_name).observe(max(own, 0))
+                families.kong_latency.child(route_key).observe(max(own, 0))
             if upstream is not None:
-                families.upstream_latency.labels(service_name, route_name).observe(upstream)
+                families.upstream_latency.child(route_key).observe(upstream)
         if self.bandwidth_metrics:
             # As nginx's `request_length` and `bytes_sent` count them.
             ingress, egress = ctx.request_size, ctx.response_size
-            families.bandwidth.labels(service_name, route_name, "ingress", consumer).inc(ingress)
+            bandwidth = families.bandwidth
+            bandwidth.child((service_name, route_name, "ingress", consumer)).inc(ingress)
             if egress:
-                families.bandwidth.labels(service_name, route_name, "egress", consumer).inc(egress)
+                bandwidth.child((service_name, route_name, "egress", consumer)).inc(egress)
+
+
+#: How many label-bound children a `_Family` keeps at most before it starts over.
+MAX_CACHED_CHILDREN = 10_000
+
+
+class _Family:
+    """A metric family, and its label-bound children cached by their label values.
+
+    prometheus-client's `.labels()` costs a microsecond a call (argument checks, `str()` of
+    each value, a lock); the log phase would call it up to six times a request. The cache
+    is a dict lookup instead. Its keys are label values taken from configured entities
+    (service, route and consumer names), the status code and fixed words, never from what
+    a client sent, so it holds no more series than the registry itself; should it reach
+    `MAX_CACHED_CHILDREN`, it is emptied (the registry keeps the series: a child that is
+    looked up again is the same one).
+    """
+
+    __slots__ = ("_children", "metric")
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self._children: dict[tuple[str | int, ...], Any] = {}
+
+    def child(self, labels: tuple[str | int, ...]) -> Any:
+        """The child for these label values (in the family's label order)."""
+        child = self._children.get(labels)
+        if child is None:
+            if len(self._children) >= MAX_CACHED_CHILDREN:
+                self._children.clear()
+            child = self._children[labels] = self.metric.labels(*labels)
+        return child
 
 
 @attrs.frozen
 class _Families:
-    requests: Any
-    request_latency: Any
-    upstream_latency: Any
-    kong_latency: Any
-    bandwidth: Any
+    requests: _Family
+    request_latency: _Family
+    upstream_latency: _Family
+    kong_latency: _Family
+    bandwidth: _Family
 
 
 class _GatewayMetrics:
@@ -156,41 +189,51 @@ class _GatewayMetrics:
         registry = self.registry
         route = ("service", "route")
         return _Families(
-            requests=client.Counter(
-                f"{prefix}_http_requests",
-                "HTTP status codes per consumer/service/route",
-                ("service", "route", "code", "source", "consumer"),
-                registry=registry,
+            requests=_Family(
+                client.Counter(
+                    f"{prefix}_http_requests",
+                    "HTTP status codes per consumer/service/route",
+                    ("service", "route", "code", "source", "consumer"),
+                    registry=registry,
+                )
             ),
-            request_latency=client.Histogram(
-                f"{prefix}_request_latency_ms",
-                "Total latency incurred during requests for each service/route",
-                route,
-                buckets=UPSTREAM_LATENCY_BUCKETS,
-                registry=registry,
+            request_latency=_Family(
+                client.Histogram(
+                    f"{prefix}_request_latency_ms",
+                    "Total latency incurred during requests for each service/route",
+                    route,
+                    buckets=UPSTREAM_LATENCY_BUCKETS,
+                    registry=registry,
+                )
             ),
-            upstream_latency=client.Histogram(
-                f"{prefix}_upstream_latency_ms",
-                "Latency added by upstream response for each service/route",
-                route,
-                buckets=UPSTREAM_LATENCY_BUCKETS,
-                registry=registry,
+            upstream_latency=_Family(
+                client.Histogram(
+                    f"{prefix}_upstream_latency_ms",
+                    "Latency added by upstream response for each service/route",
+                    route,
+                    buckets=UPSTREAM_LATENCY_BUCKETS,
+                    registry=registry,
+                )
             ),
-            kong_latency=client.Histogram(
-                f"{prefix}_{prefix}_latency_ms",
-                "Latency added by the gateway and its plugins for each service/route",
-                route,
-                buckets=KONG_LATENCY_BUCKETS,
-                registry=registry,
+            kong_latency=_Family(
+                client.Histogram(
+                    f"{prefix}_{prefix}_latency_ms",
+                    "Latency added by the gateway and its plugins for each service/route",
+                    route,
+                    buckets=KONG_LATENCY_BUCKETS,
+                    registry=registry,
+                )
             ),
             # A gauge only to keep Kong's name: a prometheus-client counter always ends
             # in _total. It only goes up; "sum" adds the workers' values in multiprocess mode.
-            bandwidth=client.Gauge(
-                f"{prefix}_bandwidth_bytes",
-                "Total bandwidth (ingress/egress) throughput in bytes",
-                ("service", "route", "direction", "consumer"),
-                registry=registry,
-                multiprocess_mode="sum",
+            bandwidth=_Family(
+                client.Gauge(
+                    f"{prefix}_bandwidth_bytes",
+                    "Total bandwidth (ingress/egress) throughput in bytes",
+                    ("service", "route", "direction", "consumer"),
+                    registry=registry,
+                    multiprocess_mode="sum",
+                )
             ),
         )
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import json
 import logging
 import threading
 import time
@@ -30,7 +29,7 @@ import attrs
 
 from .._schema import Record, field
 from ._base import Plugin
-from ._log_serializer import require, serialize
+from ._log_serializer import require, serialize_json
 
 if TYPE_CHECKING:
     from .._context import Context
@@ -131,7 +130,10 @@ class LogQueue:
                     target=self._run, name=f"pygateway-log {self.name}", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            # The sender waits for a first entry, or for a batch to fill: waking it for
+            # any other entry would cost a thread switch a request, for nothing.
+            if len(self._entries) in (1, config.max_batch_size):
+                self._cond.notify()
             return True
 
     def __len__(self) -> int:
@@ -270,7 +272,7 @@ class QueuedLogger(Plugin):
     def entry(self, ctx: Context) -> bytes:
         """The log entry for a finished request, as sent: Kong's serializer, as JSON. A
         subclass returns b"" when this request has nothing to send."""
-        return json.dumps(serialize(ctx), separators=(",", ":"), default=str).encode()
+        return serialize_json(ctx)
 
     def queue_for(self, gateway: Gateway) -> LogQueue:
         """The gateway's queue for this configuration, made when first needed."""
